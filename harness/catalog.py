@@ -1,0 +1,187 @@
+"""The plugin manager factory and the catalog of everything the installed plugins registered.
+
+Nothing is loaded at import time: `load_catalog()` builds a fresh pluggy manager, loads the
+`harness` entry-point group (built-ins come through the same group as third-party packages),
+calls the registration hooks plugin by plugin, and stamps every object with the distribution
+name and version it came from. A plugin that fails to import, or whose registration raises
+(a duplicate name, an invalid declaration), is recorded as broken with the reason and the
+others keep working.
+
+Environment:
+- `HARNESS_DISABLE_PLUGIN_AUTOLOAD=1`: load no entry points (tests pass plugins explicitly).
+- `HARNESS_PLUGINS=a,b`: load only these entry points (by entry-point or distribution name).
+- `HARNESS_TRACE_PLUGINS=1`: print every hook call with its arguments and result to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from harness import hookspecs
+from harness.registry import Registry
+
+ENTRY_POINT_GROUP = "harness"
+REGISTRATION_HOOKS = {
+    "harness_register_methods": "methods",
+    "harness_register_suites": "suites",
+    "harness_register_datasets": "datasets",
+    "harness_register_models": "models",
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or broken) plugin: its entry-point name and the distribution it came from."""
+
+    name: str
+    dist: str
+    version: str
+    module: str = ""
+    error: str = ""
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class Catalog:
+    """Registries of methods, suites, datasets and models, plus the plugin manager and plugins."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.plugins: dict[str, PluginInfo] = {}
+        self.methods: Registry[Any] = Registry("method")
+        self.suites: Registry[Any] = Registry("suite")
+        self.datasets: Registry[Any] = Registry("dataset")
+        self.models: Registry[Any] = Registry("model")
+
+    # -- lookups with the dynamic names the registries cannot hold -------------------------
+    def model(self, name: str) -> Any:
+        """A registered model, or any timm architecture as `timm:NAME`."""
+        if name.startswith("timm:"):
+            from harness.models import timm_model_source
+
+            return timm_model_source(name.removeprefix("timm:"))
+        return self.models.get(name)
+
+    def dataset(self, name: str) -> Any:
+        """A registered dataset, or local data as `parquet:PATH` / `imagefolder:PATH`."""
+        if name.partition(":")[0] in {"parquet", "imagefolder", "hf"}:
+            from harness.data import dynamic_dataset_source
+
+            return dynamic_dataset_source(name)
+        return self.datasets.get(name)
+
+    # -- registration -------------------------------------------------------------------------
+    def add_plugin(self, plugin: object, name: str, dist: str = "", version: str = "") -> PluginInfo:
+        """Register a plugin object (module or instance) and run its registration hooks."""
+        info = PluginInfo(name=name, dist=dist or name, version=version or "0", module=getattr(plugin, "__name__", type(plugin).__name__))
+        self.plugins[name] = info
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # wrong hook signatures, unknown hooks, duplicate plugin names
+            info.error = f"{type(exc).__name__}: {exc}"
+            return info
+        for hook_name, attr in REGISTRATION_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                registry = getattr(self, attr)
+                try:
+                    self._call_register(impl, hook_name, registry, info)
+                except Exception as exc:
+                    info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+                    if _env_flag("HARNESS_TRACE_PLUGINS"):
+                        traceback.print_exc()
+                    break
+        return info
+
+    def _call_register(self, impl: Any, hook_name: str, registry: Registry[Any], info: PluginInfo) -> None:
+        added: list[tuple[Registry[Any], str]] = []
+
+        def register(obj: Any) -> None:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, "plugin"):
+                raise TypeError(f"{hook_name} got {obj!r}; register harness.Method/Suite/DatasetSource/ModelSource objects")
+            stamped = dataclasses.replace(obj, plugin=info.dist, plugin_version=info.version)
+            registry.add(stamped.name, stamped)
+            added.append((registry, stamped.name))
+            info.registered.setdefault(registry.what, []).append(stamped.name)
+
+        trace = _env_flag("HARNESS_TRACE_PLUGINS")
+        if trace:
+            print(f"[harness trace] {info.name}.{hook_name}(register)", file=sys.stderr)
+        try:
+            impl.function(register=register)
+        except Exception:
+            # all or nothing per plugin: a half-registered plugin would be worse than none
+            for reg, name in added:
+                reg._items.pop(name, None)
+            info.registered.clear()
+            raise
+        if trace:
+            print(f"[harness trace]   -> registered {[n for _, n in added]}", file=sys.stderr)
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    if _env_flag("HARNESS_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda text: sys.stderr.write("[harness trace] " + text))
+        pm.enable_tracing()
+    return pm
+
+
+def load_catalog(*, autoload: bool | None = None, allow: list[str] | None = None, plugins: tuple[tuple[object, str], ...] = ()) -> Catalog:
+    """Build a fresh catalog.
+
+    :param autoload: load the `harness` entry points (default: unless HARNESS_DISABLE_PLUGIN_AUTOLOAD).
+    :param allow: only these entry points / distributions (default: HARNESS_PLUGINS, else all).
+    :param plugins: extra `(object, name)` plugins registered after the entry points.
+    """
+    catalog = Catalog(make_plugin_manager())
+    if autoload is None:
+        autoload = not _env_flag("HARNESS_DISABLE_PLUGIN_AUTOLOAD")
+    if allow is None and os.environ.get("HARNESS_PLUGINS", "").strip():
+        allow = [a.strip() for a in os.environ["HARNESS_PLUGINS"].split(",") if a.strip()]
+    if autoload:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name)):
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            if allow is not None and ep.name not in allow and dist not in allow:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                catalog.plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value, error=f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            catalog.add_plugin(obj, ep.name, dist, version)
+    for obj, name in plugins:
+        catalog.add_plugin(obj, name)
+    try:
+        catalog.pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        culprit = getattr(exc, "plugin", None)
+        for info in catalog.plugins.values():
+            if culprit is not None and catalog.pm.get_plugin(info.name) is culprit:
+                info.error = f"implements an unknown hook: {exc}"
+                catalog.pm.unregister(culprit)
+    return catalog
+
+
+def broken_plugins_warning(catalog: Catalog) -> str:
+    broken = [p for p in catalog.plugins.values() if not p.ok]
+    return "".join(f"warning: plugin {p.name!r} ({p.dist}) is broken and was skipped: {p.error}\n" for p in broken)

@@ -1,0 +1,156 @@
+"""Model factories `(num_classes, in_chans, img_size) -> nn.Module` and the classifier-head seam.
+
+Every model the harness builds exposes its final linear layer through `get_classifier` /
+`set_classifier`, so a method can reshape the head (LDAM's cosine classifier) whatever the
+architecture: harness models name it `classifier`, timm models answer `get_classifier()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    summary: str
+    build: Callable[[int, int, int], nn.Module]  # (num_classes, in_chans, img_size)
+    paper: str = ""
+    plugin: str = ""
+    plugin_version: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier-head seam
+# ---------------------------------------------------------------------------------------------
+
+
+def get_classifier(model: nn.Module) -> nn.Module:
+    if hasattr(model, "get_classifier"):  # timm's documented API
+        return model.get_classifier()
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        raise HarnessError(f"model {type(model).__name__} exposes no classifier head (attribute 'classifier' or get_classifier())")
+    return head
+
+
+def set_classifier(model: nn.Module, head: nn.Module) -> None:
+    if hasattr(model, "get_classifier") and not isinstance(getattr(model, "classifier", None), nn.Module):
+        # timm: find the attribute that holds the head and replace it in place
+        current = model.get_classifier()
+        for name, module in model.named_modules():
+            if module is current:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, attr, head)
+                return
+        raise HarnessError(f"could not locate the classifier of {type(model).__name__} to replace it")
+    model.classifier = head
+
+
+# ---------------------------------------------------------------------------------------------
+# small fast CNN for scale=tiny
+# ---------------------------------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """Two conv-BN-ReLU-pool blocks and a linear head: ~25 k parameters, about 3 s for a tiny long-tail run on 2 CPU cores.
+
+    BatchNorm layers are kept on purpose: test-time adaptation methods adapt them.
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int = 28, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1) if img_size < 16 else nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        feat = 2 * width * (1 if img_size < 16 else 4)
+        self.classifier = nn.Linear(feat, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR ResNet-32 (He et al. 2016, Sec. 4.2: 6n+2 layers with n=5, widths 16/32/64)
+# ---------------------------------------------------------------------------------------------
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin if (stride != 1 or cin != cout) else 0
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x
+        if self.pad or self.stride != 1:  # option A: strided identity with zero-padded channels
+            shortcut = x[:, :, :: self.stride, :: self.stride]
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, num_classes: int, in_chans: int = 3, depth: int = 32):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(_BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.layers(self.stem(x))))
+
+
+# ---------------------------------------------------------------------------------------------
+# any timm architecture by name
+# ---------------------------------------------------------------------------------------------
+
+
+def timm_model_source(arch: str) -> ModelSource:
+    import timm
+
+    if not timm.list_models(arch):
+        close = timm.list_models(f"*{arch}*")[:5]
+        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise HarnessError(f"unknown timm model {arch!r}{hint}")
+
+    def build(num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+        # pretrained weights would need the hub; the harness trains from scratch
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+    import importlib.metadata as md
+
+    return ModelSource(f"timm:{arch}", f"timm architecture {arch}", build, paper="timm (Wightman, 2019)", plugin="timm", plugin_version=md.version("timm"))

@@ -1,0 +1,255 @@
+"""Run specifications: `key=value` overrides -> a validated grid of frozen RunSpecs.
+
+A comma sweeps a key; the run grid is the cross product of every swept key. Each RunSpec has
+a canonical JSON form whose hash is the run id, so a completed run is recognised wherever and
+whenever the same cell is asked for again.
+
+Keys (everything else is an error that lists the valid keys):
+- `suite=NAME` (required), `scale=tiny|paper`, `results=DIR`, `device=auto|cpu|cuda`
+- `method=a,b+c` entries (a `+` combines methods of different kinds into one entry)
+- `seed=0,1,2` or `seeds=N` (seeds 0..N-1)
+- recipe keys: dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs
+- the suite's own axes (e.g. `ratio=10,100` for long_tail)
+- a method's hyper-parameters: `focal.gamma=1,2`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import HarnessError
+from harness.params import Param, resolve_params
+
+if TYPE_CHECKING:
+    from harness.catalog import Catalog
+    from harness.suite import Suite
+
+SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format"}
+KIND_ORDER = ("loss", "augmentation", "merging", "unlearning", "tta")
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`["a=1", "b=x,y"]` -> `{"a": "1", "b": "x,y"}`; malformed or repeated keys are errors."""
+    out: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HarnessError(f"bad argument {arg!r}: expected key=value, e.g. suite=long_tail or seeds=3")
+        if key in out:
+            raise HarnessError(f"{key!r} is given twice; give it once, with a comma to sweep (e.g. {key}={out[key]},{value})")
+        if value.strip() == "":
+            raise HarnessError(f"{key}= has no value")
+        out[key] = value.strip()
+    return out
+
+
+def split_values(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",")]
+    if any(not v for v in values):
+        raise HarnessError(f"empty value in {text!r}: separate values with single commas")
+    return list(dict.fromkeys(values))  # de-duplicate, keep order
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a grid. Frozen; `canonical()` is what the run id hashes."""
+
+    suite: str
+    suite_version: str
+    scale: str
+    variant: tuple[tuple[str, Any], ...]
+    methods: tuple[tuple[tuple[str, Any], ...], ...]  # each: sorted (key, value) of name/kind/version/params
+    seed: int
+    recipe: tuple[tuple[str, Any], ...]
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "suite_version": self.suite_version,
+            "scale": self.scale,
+            "variant": dict(self.variant),
+            "methods": [_thaw(m) for m in self.methods],
+            "seed": self.seed,
+            "recipe": _thaw(self.recipe),
+        }
+
+    @property
+    def run_id(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def entry(self) -> str:
+        """The leaderboard entry: method names joined by '+', non-default hyper-parameters in brackets."""
+        parts = []
+        for m in self.methods:
+            d = dict(m)
+            changed = dict(d.get("changed", ()))
+            parts.append(d["name"] + (f"[{','.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""))
+        return "+".join(parts)
+
+    @property
+    def variant_label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.variant) or "default"
+
+    def method_params(self, kind: str) -> tuple[str, dict[str, Any]] | None:
+        for m in self.methods:
+            d = dict(m)
+            if d["kind"] == kind:
+                return d["name"], dict(d["params"])
+        return None
+
+    def recipe_dict(self) -> dict[str, Any]:
+        return _thaw(self.recipe)
+
+    @classmethod
+    def from_canonical(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(
+            suite=data["suite"],
+            suite_version=data["suite_version"],
+            scale=data["scale"],
+            variant=tuple(sorted(data["variant"].items())),
+            methods=tuple(_freeze(m) for m in data["methods"]),
+            seed=int(data["seed"]),
+            recipe=_freeze(data["recipe"]),
+        )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value) and value:
+        return {k: _thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _method_component(catalog: Catalog, name: str, params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    method = catalog.methods.get(name)
+    resolved = resolve_params(method.params, params, owner=name)
+    defaults = {p.name: p.default for p in method.params}
+    changed = {k: v for k, v in resolved.items() if v != defaults[k]}
+    return _freeze({"name": method.name, "kind": method.kind, "version": method.version, "params": resolved, "changed": changed})
+
+
+def default_entries(catalog: Catalog, suite: Suite) -> list[str]:
+    """Every installed method of a kind the suite ranks (alone; other kinds get the baseline loss)."""
+    return [m.name for m in catalog.methods if m.kind in suite.ranks]
+
+
+def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list[RunSpec]]:
+    """Validate every override against the catalog and the suite's card; return the run grid."""
+    if "suite" not in overrides:
+        raise HarnessError(f"which suite? add suite=NAME; installed suites: {', '.join(catalog.suites.names()) or 'none'}")
+    suite = catalog.suites.get(overrides["suite"])
+    scale = overrides.get("scale", "tiny")
+    if scale not in suite.scales:
+        raise HarnessError(f"suite {suite.name!r} has no scale {scale!r}; valid: {', '.join(suite.scales)}")
+    recipe = suite.scales[scale]
+    axes = {p.name: p for p in suite.axes}
+    recipe_params = {k: p for k, p in recipe.override_params().items() if k in recipe.OVERRIDABLE}
+
+    method_overrides: dict[str, dict[str, list[Any]]] = {}
+    axis_values: dict[str, list[Any]] = {}
+    recipe_values: dict[str, list[Any]] = {}
+    for key, text in overrides.items():
+        if key in SESSION_KEYS:
+            continue
+        if key in axes:
+            axis_values[key] = [axes[key].parse(v, where=key) for v in split_values(text)]
+        elif key in recipe_params:
+            recipe_values[key] = [recipe_params[key].parse(v, where=key) for v in split_values(text)]
+        elif "." in key:
+            mname, _, pname = key.partition(".")
+            method = catalog.methods.get(mname)
+            by_name = {p.name: p for p in method.params}
+            if pname not in by_name:
+                valid = ", ".join(f"{mname}.{p.name}" for p in method.params) or "none"
+                raise HarnessError(f"method {mname!r} has no hyper-parameter {pname!r}; valid: {valid}")
+            method_overrides.setdefault(mname, {})[pname] = [by_name[pname].parse(v, where=key) for v in split_values(text)]
+        else:
+            valid = sorted(SESSION_KEYS - {"format"}) + sorted(axes) + sorted(recipe_params)
+            import difflib
+
+            close = difflib.get_close_matches(key, valid, n=2)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise HarnessError(f"unknown key {key!r}; {hint}valid keys for suite {suite.name}: {', '.join(valid)}, or METHOD.PARAM")
+
+    for name in recipe_values.get("dataset", [recipe.dataset]):
+        catalog.dataset(name)
+    for name in recipe_values.get("model", [recipe.model]):
+        catalog.model(name)
+
+    seeds = _seeds(overrides, suite)
+    entries = split_values(overrides["method"]) if "method" in overrides else default_entries(catalog, suite)
+    if not entries:
+        raise HarnessError(f"no installed method of the kinds suite {suite.name!r} ranks ({', '.join(suite.ranks)})")
+    for mname in method_overrides:
+        if not any(mname in e.split("+") for e in entries):
+            raise HarnessError(f"hyper-parameters are given for {mname!r}, which is not among the methods run ({', '.join(entries)})")
+
+    entry_components = [_entry_components(catalog, suite, e, method_overrides) for e in entries]
+    axis_grid = [dict(zip(axes, combo)) for combo in itertools.product(*(axis_values.get(k, [p.default]) for k, p in axes.items()))]
+    recipe_grid = [dict(zip(recipe_values, combo)) for combo in itertools.product(*recipe_values.values())]
+
+    specs: list[RunSpec] = []
+    for variant, recipe_changes, components, seed in itertools.product(axis_grid, recipe_grid, [c for cs in entry_components for c in cs], seeds):
+        full_recipe = {**recipe.as_dict(), **recipe_changes}
+        specs.append(
+            RunSpec(
+                suite=suite.name,
+                suite_version=suite.version,
+                scale=scale,
+                variant=tuple(sorted(variant.items())),
+                methods=components,
+                seed=seed,
+                recipe=_freeze(full_recipe),
+            )
+        )
+    return suite, list(dict.fromkeys(specs))
+
+
+def _seeds(overrides: dict[str, str], suite: Suite) -> list[int]:
+    if "seed" in overrides and "seeds" in overrides:
+        raise HarnessError("give seed=LIST or seeds=N, not both")
+    if "seed" in overrides:
+        return [Param("seed", int, 0, low=0).parse(v, where="seed") for v in split_values(overrides["seed"])]
+    n = Param("seeds", int, suite.default_seeds, low=1, high=1000).parse(overrides["seeds"], where="seeds") if "seeds" in overrides else suite.default_seeds
+    return list(range(n))
+
+
+def _entry_components(catalog: Catalog, suite: Suite, entry: str, method_overrides: dict[str, dict[str, list[Any]]]) -> list[tuple]:
+    """One entry (`a+b`) -> its method components, one tuple per hyper-parameter sweep point."""
+    names = [n.strip() for n in entry.split("+")]
+    if any(not n for n in names):
+        raise HarnessError(f"bad method entry {entry!r}: join methods with single '+', e.g. ldam_drw+mixup")
+    methods = [catalog.methods.get(n) for n in names]
+    kinds = [m.kind for m in methods]
+    for kind in set(kinds):
+        if kinds.count(kind) > 1:
+            raise HarnessError(f"method entry {entry!r} has two methods of kind {kind!r}; combine methods of different kinds")
+    allowed = set(suite.ranks) | {"loss"}
+    for m in methods:
+        if m.kind not in allowed:
+            raise HarnessError(f"suite {suite.name!r} does not run {m.kind} methods like {m.name!r}; it ranks {', '.join(suite.ranks)}")
+    if "loss" not in kinds:
+        names.append(suite.baseline)
+    names.sort(key=lambda n: KIND_ORDER.index(catalog.methods.get(n).kind))
+    sweeps = []
+    for n in names:
+        grid = method_overrides.get(n, {})
+        points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+        sweeps.append([_method_component(catalog, n, p) for p in points])
+    return [tuple(combo) for combo in itertools.product(*sweeps)]

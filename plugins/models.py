@@ -1,0 +1,33 @@
+"""Built-in model factories, registered through the same entry-point group as third-party ones."""
+
+from __future__ import annotations
+
+from harness.hookspecs import hookimpl
+from harness.models import CifarResNet, ModelSource, SmallCNN
+
+
+@hookimpl
+def harness_register_models(register):
+    register(
+        ModelSource(
+            "small_cnn",
+            "two conv-BN-ReLU blocks (16 and 32 channels) + linear head: the CPU model of scale=tiny",
+            lambda num_classes, in_chans, img_size: SmallCNN(num_classes, in_chans, img_size),
+        )
+    )
+    register(
+        ModelSource(
+            "resnet32",
+            "CIFAR ResNet-32 (3 stages of 5 basic blocks, widths 16/32/64): the long-tail literature's model",
+            lambda num_classes, in_chans, img_size: CifarResNet(num_classes, in_chans, depth=32),
+            paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        )
+    )
+    register(
+        ModelSource(
+            "resnet20",
+            "CIFAR ResNet-20 (3 stages of 3 basic blocks)",
+            lambda num_classes, in_chans, img_size: CifarResNet(num_classes, in_chans, depth=20),
+            paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        )
+    )
