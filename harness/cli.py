@@ -70,9 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_grid(catalog, suite, specs, store, device=device)
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    _print_leaderboard(store, suite=suite.name, scale=specs[0].scale, variants={s.variant_label for s in specs}, fmt=overrides.get("format", "table"))
     if report.interrupted:
         return 130
+    _print_leaderboard(store, suite=suite.name, scale=specs[0].scale, variants={s.variant_label for s in specs}, fmt=overrides.get("format", "table"))
     return 0
 
 

@@ -37,7 +37,7 @@ def _records_from_db(path: Path) -> list[dict[str, Any]]:
             "SELECT run_id, entry, variant, primary_metric, primary_higher_is_better, status, error, "
             "strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f'), strftime(finished_at, '%Y-%m-%dT%H:%M:%S.%f'), duration_s, spec, provenance, info FROM runs"
         ).fetchall()
-        metrics = con.execute("SELECT run_id, name, value, higher_is_better FROM metrics").fetchall()
+        metrics = con.execute("SELECT run_id, name, value, higher_is_better FROM metrics ORDER BY run_id, position").fetchall()
         series = con.execute("SELECT run_id, name, idx, value FROM series ORDER BY run_id, name, idx").fetchall()
     except duckdb.Error as exc:
         raise HarnessError(f"{path} is a DuckDB file but not a harness results database: {exc}") from None

@@ -145,7 +145,13 @@ def train(
                 group["lr"] = lr_at(step, steps_per_epoch, recipe)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
                 logits = model(xb)
+            if len(yb) != len(index):  # the augmentation appended copies: per-sample state is undefined for them
+                index = torch.cat([index, index.new_full((len(yb) - len(index),), -1)])
             loss = loss_fn(logits.float(), yb, index)
+            for aug in augmentations:
+                term = aug.loss_term(logits.float(), yb)
+                if term is not None:
+                    loss = loss + term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -118,15 +118,33 @@ class Augmentation:
     """A batch transform on the training device.
 
     `__call__(x, y, generator)` takes float images `x` [B, C, H, W] (normalised) and targets `y`
-    (int64 [B] or soft float [B, num_classes]) and returns the pair to train on. Draw all
-    randomness from `generator` so runs are reproducible.
+    (int64 [B] or soft float [B, num_classes]) and returns the pair to train on (the batch size
+    may change, e.g. when a method appends augmented copies). Draw all randomness from
+    `generator` so runs are reproducible.
+
+    Three optional seams, each with a no-op default:
+    - `loss_term(logits, targets)`: an extra loss added to the training loss for the batch this
+      augmentation just produced (mixup-family regularisers such as RankMixup's ranking term).
+    - `prepare_model(model, num_classes)`: reshape the model before training; the returned model
+      must give `num_classes` logits in eval mode (self-supervised label augmentation trains a
+      joint class x rotation head and aggregates over rotations at inference).
+    - `label_multiplier`: the training targets range over `num_classes * label_multiplier`
+      joint labels; the loss is then built for that many classes.
     """
+
+    label_multiplier: int = 1
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each epoch (0-based); schedules live here."""
+
+    def loss_term(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def prepare_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ _METRICS_SQL = """
 SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry,
        r.primary_metric, r.primary_higher_is_better,
        m.name AS metric, bool_and(m.higher_is_better) AS higher_is_better,
-       avg(m.value) AS mean, stddev_samp(m.value) AS std, count(m.value) AS n
+       avg(m.value) AS mean, stddev_samp(m.value) AS std, count(m.value) AS n, min(m.position) AS position
 FROM runs r JOIN metrics m USING (run_id)
 WHERE r.status = 'ok' {where}
 GROUP BY ALL
@@ -79,7 +79,8 @@ def build_boards(con: Any, *, suite: str | None = None, scale: str | None = None
     for row in con.execute(_STATUS_SQL.format(where=where), params).fetchall():
         key, (entry, primary, hib, ok, not_ok) = tuple(row[:7]), row[7:]
         boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok)
-    for row in con.execute(_METRICS_SQL.format(where=where), params).fetchall():
+    rows = con.execute(_METRICS_SQL.format(where=where), params).fetchall()
+    for row in sorted(rows, key=lambda r: r[15]):  # the suite's metric order
         key, entry, metric, hib, mean, std, n = tuple(row[:7]), row[7], row[10], row[11], row[12], row[13], row[14]
         boards[key][entry].metrics[metric] = {"mean": _clean(mean), "std": _clean(std), "n": n, "higher_is_better": bool(hib)}
     out = []

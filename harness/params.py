@@ -93,7 +93,7 @@ class Param:
             )
         if self.type is float and not math.isfinite(value):
             raise HarnessError(f"bad value {value!r} for {label}: must be finite")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise HarnessError(f"bad value {value!r} for {label}: expected {self.describe_valid()}")
         if self.choices is not None and value not in self.choices:
             raise HarnessError(f"bad value {value!r} for {label}: expected {self.describe_valid()}")

@@ -127,13 +127,14 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
         for spec in todo:
             hook.harness_run_start(spec=spec)
             record = execute(spec, suite, catalog, cache_dir=cache_dir, device=device, hook=hook, data_memo=data_memo)
-            store.write(record)
-            store.sync([record])
+            store.write(record)  # from here on the run is safe, whatever happens next
             stored += 1
             failed += record["status"] != "ok"
+            store.sync([record])
             hook.harness_run_end(spec=spec, result=record)
     except KeyboardInterrupt:
         interrupted = True
+        store.sync()  # a result file written just before the interrupt still reaches the database
         print(f"\ninterrupted: {stored} run(s) of this grid stored; run the same command again to resume", file=sys.stderr)
     hook.harness_grid_end(stored=stored, failed=failed)
     return GridReport(len(specs), len(specs) - len(todo), stored, failed, interrupted, sync.problems)

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     name VARCHAR NOT NULL,
     value DOUBLE,                 -- NULL where undefined (e.g. no few-shot class)
     higher_is_better BOOLEAN NOT NULL,
+    position INTEGER NOT NULL,    -- the suite's order of its metrics, for display
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS series (
@@ -275,8 +276,8 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
         ]
     )
     metrics = pd.DataFrame(
-        [(r["run_id"], name, _clean_number(m["value"]), bool(m["higher_is_better"])) for r in records for name, m in r["metrics"].items()],
-        columns=["run_id", "name", "value", "higher_is_better"],
+        [(r["run_id"], name, _clean_number(m["value"]), bool(m["higher_is_better"]), i) for r in records for i, (name, m) in enumerate(r["metrics"].items())],
+        columns=["run_id", "name", "value", "higher_is_better", "position"],
     )
     series = pd.DataFrame(
         [(r["run_id"], name, i, _clean_number(v)) for r in records for name, values in r["series"].items() for i, v in enumerate(values)],
@@ -286,7 +287,7 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
     con.register("new_metrics", metrics)
     con.register("new_series", series)
     con.execute("INSERT INTO runs SELECT * FROM new_runs")
-    con.execute("INSERT INTO metrics SELECT run_id, name, value, higher_is_better FROM new_metrics")
+    con.execute("INSERT INTO metrics SELECT run_id, name, value, higher_is_better, CAST(position AS INTEGER) FROM new_metrics")
     con.execute("INSERT INTO series SELECT run_id, name, CAST(idx AS INTEGER), value FROM new_series")
     for view in ("new_runs", "new_metrics", "new_series"):
         con.unregister(view)

@@ -12,10 +12,10 @@ import torch
 
 from harness.engine import Normalizer, predict, train
 from harness.hookspecs import hookimpl
-from harness.kinds import AugmentContext, LossContext
 from harness.metrics import accuracy, expected_calibration_error, per_class_accuracy, shot_group_accuracy
 from harness.params import Param
 from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
+from harness.training import build_training
 
 # Many/few-shot thresholds of the literature (Liu et al., OLTR, CVPR 2019): many > 100, few < 20
 # training images, defined for CIFAR-100-LT whose head class has 500. At other head sizes the
@@ -54,20 +54,16 @@ def run(ctx: RunContext) -> RunOutput:
     counts = torch.bincount(y, minlength=k).tolist()
 
     torch.manual_seed(spec.seed)  # model initialisation
-    model = ctx.catalog.model(recipe["model"]).build(k, data.in_chans, data.img_size)
-    loss = ctx.build_method("loss", LossContext(k, tuple(counts), len(y), recipe["epochs"], ctx.device))
-    model = loss.prepare_model(model)
-    augmentation = ctx.build_method("augmentation", AugmentContext(k, recipe["epochs"], ctx.device))
-    if augmentation is not None and not loss.accepts_soft_targets:
-        raise ValueError(f"loss {spec.method_params('loss')[0]!r} cannot take the soft targets that the augmentation produces")
+    setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(y))
+    model = setup.model
     normalizer = Normalizer.fit(x)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return {"test_top1": accuracy(predict(m, data.test_x, normalizer=normalizer, device=ctx.device), data.test_y)}
 
     log = train(
-        model, x, y, recipe=recipe, loss_fn=loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-        augmentations=(augmentation,) if augmentation is not None else (), on_epoch=ctx.report_epoch, evaluate=evaluate,
+        model, x, y, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
+        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate,
     )
     logits = predict(model, data.test_x, normalizer=normalizer, device=ctx.device)
     class_acc = per_class_accuracy(logits, data.test_y, k)

@@ -282,9 +282,8 @@ def test_detect_columns_finds_image_and_classlabel():
 
 
 def _plugin_sources() -> dict:
-    from harness_plugins import datasets as plugin
-
     from harness.catalog import load_catalog
+    from harness_plugins import datasets as plugin
 
     catalog = load_catalog(autoload=False, plugins=((plugin, "datasets"),))
     assert catalog.plugins["datasets"].ok, catalog.plugins["datasets"].error

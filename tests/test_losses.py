@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from harness_plugins import losses as L
 from torch import nn
 
 from harness.catalog import load_catalog
 from harness.kinds import Loss, LossContext
 from harness.models import SmallCNN, get_classifier
+from harness_plugins import losses as L
 
 NAMES = ("ce", "label_smoothing", "focal", "class_balanced", "ldam", "ldam_drw", "balanced_softmax", "logit_adjustment")
 
