@@ -89,11 +89,20 @@ class Catalog:
     def add_plugin(self, plugin: object, name: str, dist: str = "", version: str = "") -> PluginInfo:
         """Register a plugin object (module or instance) and run its registration hooks."""
         info = PluginInfo(name=name, dist=dist or name, version=version or "0", module=getattr(plugin, "__name__", type(plugin).__name__))
+        if name in self.plugins:  # keep the loaded one; report the newcomer under its own key
+            info.error = f"a plugin named {name!r} is already loaded (from {self.plugins[name].dist}); rename the entry point"
+            self.plugins[f"{name} ({info.dist})"] = info
+            return info
         self.plugins[name] = info
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # wrong hook signatures, unknown hooks, duplicate plugin names
+        except Exception as exc:  # wrong hook signatures
             info.error = f"{type(exc).__name__}: {exc}"
+            return info
+        unknown = [caller.name for caller in self.pm.get_hookcallers(plugin) or [] if caller.spec is None]
+        if unknown:  # a misspelled hook would otherwise never be called, silently
+            info.error = f"implements unknown hook(s) {', '.join(unknown)}; the hooks are listed in harness/hookspecs.py"
+            self.pm.unregister(plugin)
             return info
         for hook_name, attr in REGISTRATION_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
@@ -107,8 +116,18 @@ class Catalog:
                     info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
                     if _env_flag("HARNESS_TRACE_PLUGINS"):
                         traceback.print_exc()
-                    break
+                    self._forget(info)
+                    self.pm.unregister(plugin)  # a broken plugin's observer hooks must not fire either
+                    return info
         return info
+
+    def _forget(self, info: PluginInfo) -> None:
+        """Remove everything a plugin registered (all or nothing per plugin)."""
+        for what, names in info.registered.items():
+            registry = {"method": self.methods, "suite": self.suites, "dataset": self.datasets, "model": self.models}[what]
+            for n in names:
+                registry._items.pop(n, None)
+        info.registered.clear()
 
     def _call_register(self, impl: Any, hook_name: str, registry: Registry[Any], info: PluginInfo) -> None:
         added: list[tuple[Registry[Any], str]] = []
@@ -124,14 +143,7 @@ class Catalog:
         trace = _env_flag("HARNESS_TRACE_PLUGINS")
         if trace:
             print(f"[harness trace] {info.name}.{hook_name}(register)", file=sys.stderr)
-        try:
-            impl.function(register=register)
-        except Exception:
-            # all or nothing per plugin: a half-registered plugin would be worse than none
-            for reg, name in added:
-                reg._items.pop(name, None)
-            info.registered.clear()
-            raise
+        impl.function(register=register)
         if trace:
             print(f"[harness trace]   -> registered {[n for _, n in added]}", file=sys.stderr)
 
@@ -171,14 +183,7 @@ def load_catalog(*, autoload: bool | None = None, allow: list[str] | None = None
             catalog.add_plugin(obj, ep.name, dist, version)
     for obj, name in plugins:
         catalog.add_plugin(obj, name)
-    try:
-        catalog.pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        culprit = getattr(exc, "plugin", None)
-        for info in catalog.plugins.values():
-            if culprit is not None and catalog.pm.get_plugin(info.name) is culprit:
-                info.error = f"implements an unknown hook: {exc}"
-                catalog.pm.unregister(culprit)
+    catalog.pm.check_pending()  # unknown hooks were already refused plugin by plugin in add_plugin
     return catalog
 
 

@@ -73,7 +73,7 @@ class RunSpec:
             "suite_version": self.suite_version,
             "scale": self.scale,
             "variant": dict(self.variant),
-            "methods": [_thaw(m) for m in self.methods],
+            "methods": [_method_dict(m) for m in self.methods],
             "seed": self.seed,
             "recipe": _thaw(self.recipe),
         }
@@ -118,6 +118,12 @@ class RunSpec:
             seed=int(data["seed"]),
             recipe=_freeze(data["recipe"]),
         )
+
+
+def _method_dict(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    d = dict(frozen)
+    # params/changed are dicts even when empty (a generic thaw cannot tell () from {})
+    return {**d, "params": {k: _thaw(v) for k, v in d["params"]}, "changed": {k: _thaw(v) for k, v in d["changed"]}}
 
 
 def _freeze(value: Any) -> Any:

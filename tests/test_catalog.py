@@ -118,3 +118,31 @@ def test_invalid_method_declarations_are_rejected():
         Method("x", "loss", object, "s", "")
     with pytest.raises(ValueError, match="letters"):
         Method("bad name", "loss", object, "s", "p")
+
+
+class ObserverThenBroken:
+    calls: list[str] = []
+
+    @hookimpl
+    def harness_register_methods(self, register):
+        register(_method("ce"))  # collides: the plugin is broken
+
+    @hookimpl
+    def harness_grid_end(self, stored, failed):
+        self.calls.append("grid_end")
+
+
+def test_a_broken_plugins_observer_hooks_do_not_fire():
+    plugin = ObserverThenBroken()
+    catalog = load_catalog(plugins=((plugin, "observer"),))
+    assert not catalog.plugins["observer"].ok
+    catalog.pm.hook.harness_grid_end(stored=0, failed=0)
+    assert plugin.calls == []
+
+
+def test_a_second_plugin_with_a_taken_name_does_not_hide_the_first():
+    catalog = load_catalog(plugins=((GoodPlugin(), "losses"),))
+    assert catalog.plugins["losses"].ok and "ce" in catalog.methods
+    clash = [p for key, p in catalog.plugins.items() if key != "losses" and p.name == "losses"]
+    assert len(clash) == 1 and "already loaded" in clash[0].error
+    assert "my_loss" not in catalog.methods
