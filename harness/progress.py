@@ -24,28 +24,28 @@ class ProgressDisplay:
         self.live = self.stream.isatty()
         self.total = self.done = self.failed = 0
         self.t0 = time.perf_counter()
-        self.current = ""
-        self.run_t0 = 0.0
-        self.epoch_frac = 0.0
+        self.running: dict[str, tuple[str, float]] = {}  # run id -> (label, fraction of its epochs done)
+        self.labels: dict[str, str] = {}
 
     def _eta(self) -> str:
         elapsed = time.perf_counter() - self.t0
-        progress = self.done + self.epoch_frac
+        progress = self.done + sum(frac for _, frac in self.running.values())
         if progress <= 0:
             return "?"
         return _fmt_seconds(elapsed / progress * (self.total - progress))
 
-    def _draw(self, extra: str = "") -> None:
+    def _draw(self) -> None:
+        if not self.live:
+            return
         width = len(str(self.total))
         line = f"[{self.done:>{width}}/{self.total}]"
         if self.failed:
             line += f" {self.failed} failed"
         line += f" ETA {self._eta()}"
-        if extra:
-            line += f" | {extra}"
-        if self.live:
-            self.stream.write("\r\033[K" + line[:200])
-            self.stream.flush()
+        for label, _ in self.running.values():
+            line += f" | {label}"
+        self.stream.write("\r\033[K" + line[:220])
+        self.stream.flush()
 
     @hookimpl
     def harness_grid_start(self, specs: list[Any], cached: int) -> None:
@@ -58,26 +58,28 @@ class ProgressDisplay:
 
     @hookimpl
     def harness_run_start(self, spec: Any) -> None:
-        self.current = f"{spec.entry} {spec.variant_label} seed={spec.seed}"
-        self.run_t0, self.epoch_frac = time.perf_counter(), 0.0
-        self._draw(self.current)
+        self.labels[spec.run_id] = f"{spec.entry} {spec.variant_label} seed={spec.seed}"
+        self.running[spec.run_id] = (self.labels[spec.run_id], 0.0)
+        self._draw()
 
     @hookimpl
     def harness_run_progress(self, spec: Any, epoch: int, epochs: int, train_loss: float) -> None:
-        self.epoch_frac = epoch / max(1, epochs)
-        self._draw(f"{self.current} epoch {epoch}/{epochs} loss {train_loss:.3f}")
+        self.running[spec.run_id] = (f"{self.labels.get(spec.run_id, spec.entry)} epoch {epoch}/{epochs} loss {train_loss:.3f}", epoch / max(1, epochs))
+        self._draw()
 
     @hookimpl
     def harness_run_end(self, spec: Any, result: dict[str, Any]) -> None:
         self.done += 1
-        self.epoch_frac = 0.0
+        self.running.pop(spec.run_id, None)
         self.failed += result["status"] != "ok"
         if not self.live or result["status"] != "ok":
             primary = result["metrics"].get(result["primary_metric"], {}).get("value")
             shown = f"{result['primary_metric']}={primary:.4f}" if isinstance(primary, float) else result["status"]
             prefix = "\r\033[K" if self.live else ""
-            detail = "" if result["status"] == "ok" else f" ({(result.get('error') or '').strip().splitlines()[-1][:120] if result.get('error') else ''})"
-            self.stream.write(f"{prefix}[{self.done}/{self.total}] {self.current} {result['status']} {shown} in {result['duration_s']:.1f}s{detail}\n")
+            error = (result.get("error") or "").strip()
+            detail = f" ({error.splitlines()[-1][:160]})" if result["status"] != "ok" and error else ""
+            label = self.labels.get(spec.run_id, spec.entry)
+            self.stream.write(f"{prefix}[{self.done}/{self.total}] {label} {result['status']} {shown} in {result['duration_s']:.1f}s{detail}\n")
         self._draw()
 
     @hookimpl

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,29 @@ from harness.errors import HarnessError, RunDiverged
 from harness.spec import RunSpec
 from harness.store import ResultStore
 from harness.suite import RunContext, Suite
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """How a grid is executed: `jobs` local worker processes (or Ray tasks), a per-run time
+    limit, and how often a run whose worker process died is tried again."""
+
+    executor: str = "local"  # local | ray
+    jobs: int = 1
+    timeout_s: float | None = None
+    retries: int = 1
+    address: str | None = None  # Ray cluster address (auto, ray://host:port); None starts a local cluster
+
+
+@dataclass
+class Sink:
+    """Where an executor reports: a run started, progressed an epoch, finished (with its record)."""
+
+    started: Callable[[RunSpec], None]
+    progress: Callable[[RunSpec, int, int, float], None]
+    finished: Callable[[RunSpec, dict[str, Any]], None]
+    claim: Callable[[RunSpec], bool] = lambda spec: True  # False: another process trains it; skip
+    assigned: Callable[[RunSpec, int], Any] = lambda spec, pid: None  # a worker process took the run
 
 
 def _now() -> str:
@@ -63,25 +87,9 @@ def provenance(catalog: Any, suite: Suite, spec: RunSpec, device: str) -> dict[s
     }
 
 
-def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, device: str, hook: Any, data_memo: dict[str, Any]) -> dict[str, Any]:
-    """Run one spec and return its result record (never raises for a method's own failure)."""
-    started, t0 = _now(), time.perf_counter()
-    status, error, metrics, series, info = "ok", None, {}, {}, {}
-
-    def report_epoch(epoch: int, epochs: int, loss: float) -> None:
-        hook.harness_run_progress(spec=spec, epoch=epoch, epochs=epochs, train_loss=loss)
-
-    ctx = RunContext(spec=spec, catalog=catalog, cache_dir=cache_dir, device=device, report_epoch=report_epoch, data_memo=data_memo)
-    try:
-        out = suite.run(ctx)
-        metrics = {name: {"value": value, "higher_is_better": suite.metric(name).higher_is_better} for name, value in out.metrics.items()}
-        series, info = out.series, out.info
-    except RunDiverged as exc:
-        status, error = "diverged", str(exc)
-    except HarnessError:
-        raise  # a user error (e.g. unreachable hub) stops the grid with its message
-    except Exception:
-        status, error = "failed", traceback.format_exc()
+def make_record(spec: RunSpec, suite: Suite, catalog: Any, *, status: str, error: str | None, started: str, duration_s: float, device: str,
+                metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result record of a run, in the schema `harness.store` validates."""
     return {
         "schema": 1,
         "run_id": spec.run_id,
@@ -92,14 +100,34 @@ def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, devic
         "primary_higher_is_better": suite.metric(suite.primary).higher_is_better,
         "status": status,
         "error": error,
-        "metrics": metrics,
-        "series": series,
-        "info": info,
+        "metrics": {name: {"value": value, "higher_is_better": suite.metric(name).higher_is_better} for name, value in (metrics or {}).items()},
+        "series": series or {},
+        "info": info or {},
         "started_at": started,
         "finished_at": _now(),
-        "duration_s": time.perf_counter() - t0,
+        "duration_s": duration_s,
         "provenance": provenance(catalog, suite, spec, device),
     }
+
+
+def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, device: str, hook: Any, data_memo: dict[str, Any]) -> dict[str, Any]:
+    """Run one spec and return its result record (never raises for a method's own failure)."""
+    started, t0 = _now(), time.perf_counter()
+
+    def report_epoch(epoch: int, epochs: int, loss: float) -> None:
+        hook.harness_run_progress(spec=spec, epoch=epoch, epochs=epochs, train_loss=loss)
+
+    ctx = RunContext(spec=spec, catalog=catalog, cache_dir=cache_dir, device=device, report_epoch=report_epoch, data_memo=data_memo)
+    try:
+        out = suite.run(ctx)
+    except RunDiverged as exc:
+        return make_record(spec, suite, catalog, status="diverged", error=str(exc), started=started, duration_s=time.perf_counter() - t0, device=device)
+    except HarnessError:
+        raise  # a user error (e.g. unreachable hub) stops the grid with its message
+    except Exception:
+        return make_record(spec, suite, catalog, status="failed", error=traceback.format_exc(), started=started, duration_s=time.perf_counter() - t0, device=device)
+    return make_record(spec, suite, catalog, status="ok", error=None, started=started, duration_s=time.perf_counter() - t0, device=device,
+                       metrics=out.metrics, series=out.series, info=out.info)
 
 
 @dataclass
@@ -112,29 +140,80 @@ class GridReport:
     problems: list[str]
 
 
-def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStore, *, device: str) -> GridReport:
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStore, *, device: str, options: ExecOptions | None = None) -> GridReport:
+    """Train the runs of `specs` that are not stored yet and store each result as it arrives.
+
+    A run is claimed just before it starts; one that another harness process holds is left to
+    it, and this command waits for its result, so two commands on one results folder share the
+    work and store every run exactly once.
+    """
+    from harness.executors import make_executor
+
+    options = options or ExecOptions()
     hook = catalog.pm.hook
     # result files written by an earlier, interrupted invocation reach the database first
     sync = store.sync()
     done = store.done_ids()
     todo = [s for s in specs if s.run_id not in done]
-    hook.harness_grid_start(specs=todo, cached=len(specs) - len(todo))
-    stored = failed = 0
+    cached = len(specs) - len(todo)
+    hook.harness_grid_start(specs=todo, cached=cached)
+    counts = {"stored": 0, "failed": 0}
+    held_elsewhere: dict[str, RunSpec] = {}
+    mine: set[str] = set()
+
+    grid_started = time.time()
+
+    def claim(spec: RunSpec) -> bool:
+        if spec.run_id in mine:  # a retry of our own run
+            return True
+        if not store.claim(spec.run_id):
+            held_elsewhere[spec.run_id] = spec
+            return False
+        if store.result_mtime(spec.run_id) >= grid_started:  # another process stored it meanwhile
+            store.release(spec.run_id)
+            return False
+        mine.add(spec.run_id)
+        return True
+
+    def finished(spec: RunSpec, record: dict[str, Any]) -> None:
+        store.write(record)  # from here on the run is safe, whatever happens next
+        store.release(spec.run_id)
+        counts["stored"] += 1
+        counts["failed"] += record["status"] != "ok"
+        store.sync([record])
+        hook.harness_run_end(spec=spec, result=record)
+
+    sink = Sink(
+        started=lambda spec: hook.harness_run_start(spec=spec),
+        progress=lambda spec, e, n, loss: hook.harness_run_progress(spec=spec, epoch=e, epochs=n, train_loss=loss),
+        finished=finished,
+        claim=claim,
+        assigned=lambda spec, pid: store.claim(spec.run_id, worker_pid=pid, update=True),
+    )
     interrupted = False
-    data_memo: dict[str, Any] = {}
-    cache_dir = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+    executor = make_executor(options, catalog=catalog, suite=suite, device=device, cache_dir=default_cache_dir())
     try:
-        for spec in todo:
-            hook.harness_run_start(spec=spec)
-            record = execute(spec, suite, catalog, cache_dir=cache_dir, device=device, hook=hook, data_memo=data_memo)
-            store.write(record)  # from here on the run is safe, whatever happens next
-            stored += 1
-            failed += record["status"] != "ok"
-            store.sync([record])
-            hook.harness_run_end(spec=spec, result=record)
+        executor.run(todo, sink)
+        for _ in range(3):  # runs held by another command: wait for them, take over any it abandons
+            if not held_elsewhere:
+                break
+            print(f"waiting for {len(held_elsewhere)} run(s) that another harness process is training", file=sys.stderr)
+            while any(store.is_claimed_by_other(rid) and not store.has_result(rid) for rid in held_elsewhere):
+                time.sleep(0.5)
+            abandoned = [s for rid, s in held_elsewhere.items() if not store.has_result(rid)]
+            held_elsewhere.clear()
+            executor.run(abandoned, sink)
+        store.sync()  # what the other process stored reaches this command's view as well
     except KeyboardInterrupt:
         interrupted = True
         store.sync()  # a result file written just before the interrupt still reaches the database
-        print(f"\ninterrupted: {stored} run(s) of this grid stored; run the same command again to resume", file=sys.stderr)
-    hook.harness_grid_end(stored=stored, failed=failed)
-    return GridReport(len(specs), len(specs) - len(todo), stored, failed, interrupted, sync.problems)
+        print(f"\ninterrupted: {counts['stored']} run(s) of this grid stored; run the same command again to resume", file=sys.stderr)
+    finally:
+        for rid in mine:
+            store.release(rid)
+    hook.harness_grid_end(stored=counts["stored"], failed=counts["failed"])
+    return GridReport(len(specs), cached, counts["stored"], counts["failed"], interrupted, sync.problems)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "diverged", "timeout")
 DONE_STATUSES = ("ok", "diverged")  # a re-run skips these; failed/timed-out runs are tried again
 DB_NAME = "harness.duckdb"
+CLAIM_TTL_OTHER_HOST_S = 24 * 3600  # a claim from another machine (shared folder) expires after a day
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -181,6 +183,80 @@ class ResultStore:
         """Runs that need no training: a valid result file with status ok or diverged."""
         records, _ = self.scan()
         return {rid for rid, r in records.items() if r["status"] in DONE_STATUSES}
+
+    # -- claims: which process is training a run right now -----------------------------------
+    def _claim_path(self, run_id: str) -> Path:
+        return self.runs_dir / run_id / ".claim"
+
+    def claim(self, run_id: str, *, worker_pid: int | None = None, update: bool = False) -> bool:
+        """Claim a run for this process (atomic O_EXCL create); False if a live process holds it.
+
+        A claim left by a process that died (same host, pid gone, e.g. after `kill -9`) is stale
+        and taken over. `update=True` rewrites this process's own claim (to note the worker pid).
+        """
+        path = self._claim_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "worker_pid": worker_pid, "since": time.time()})
+        if update:
+            tmp = path.with_name(f".claim.{os.getpid()}.tmp")
+            tmp.write_text(body)
+            os.replace(tmp, path)
+            return True
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._claim_is_stale(path):
+                    return False
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            return True
+        return False
+
+    def release(self, run_id: str) -> None:
+        path = self._claim_path(run_id)
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def is_claimed_by_other(self, run_id: str) -> bool:
+        path = self._claim_path(run_id)
+        if not path.exists() or self._claim_is_stale(path):
+            return False
+        try:
+            return json.loads(path.read_text()).get("pid") != os.getpid()
+        except (OSError, ValueError):
+            return False
+
+    def has_result(self, run_id: str) -> bool:
+        return (self.runs_dir / run_id / "result.json").exists()
+
+    def result_mtime(self, run_id: str) -> float:
+        """When the run's result file was last written (0 if there is none)."""
+        try:
+            return (self.runs_dir / run_id / "result.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    @staticmethod
+    def _claim_is_stale(path: Path) -> bool:
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return True  # unreadable: its writer died mid-write
+        if owner.get("host") != socket.gethostname():
+            return time.time() - float(owner.get("since", 0)) > CLAIM_TTL_OTHER_HOST_S
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, TypeError, ValueError):
+            return False
+        return False
 
     # -- the database (derived) ---------------------------------------------------------------
     def connect(self, *, read_only: bool = False, wait_s: float = 30.0) -> Any:

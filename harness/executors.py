@@ -1,0 +1,259 @@
+"""Executors: where the runs of a grid train. All report to the coordinator through a `Sink`;
+only the coordinator writes result files and the database.
+
+- `InProcess`: one run after another in this process (jobs=1, no time limit): no start-up cost.
+- `LocalPool`: `jobs` worker processes (spawned, torch threads split between them; on a
+  multi-GPU machine worker i uses GPU i mod n). The coordinator watches them: a run past its
+  time limit has its worker killed and is stored as `timeout`; a worker that dies mid-run (OOM
+  killer, SIGKILL) is replaced and its run tried again, up to `retries` times, then stored as
+  `failed`.
+- `Ray`: one Ray task per run on a Ray cluster (`address=auto`, `ray://...`, or a local cluster).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.runner import ExecOptions, Sink, _now, execute, make_record
+from harness.spec import RunSpec
+from harness.suite import Suite
+
+
+def make_executor(options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path) -> Any:
+    if options.executor == "ray":
+        return RayExecutor(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
+    if options.jobs == 1 and options.timeout_s is None:
+        return InProcess(catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
+    # a time limit needs a process that can be killed from outside, even for jobs=1
+    return LocalPool(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
+
+
+class _SinkHook:
+    """Stands in for the plugin hook relay inside a worker: forwards epoch progress."""
+
+    def __init__(self, report: Any):
+        self.report = report
+
+    def harness_run_progress(self, spec: RunSpec, epoch: int, epochs: int, train_loss: float) -> None:
+        self.report(spec, epoch, epochs, train_loss)
+
+
+class InProcess:
+    def __init__(self, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
+        self.catalog, self.suite, self.device, self.cache_dir = catalog, suite, device, cache_dir
+
+    def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        memo: dict[str, Any] = {}
+        hook = _SinkHook(sink.progress)
+        for spec in specs:
+            if not sink.claim(spec):
+                continue
+            sink.started(spec)
+            record = execute(spec, self.suite, self.catalog, cache_dir=self.cache_dir, device=self.device, hook=hook, data_memo=memo)
+            sink.finished(spec, record)
+
+
+# ---------------------------------------------------------------------------------------------
+# local worker processes
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker_device(device: str, index: int) -> str:
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        return f"cuda:{index % count}" if count > 1 else device
+    return device
+
+
+def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str) -> None:
+    """A worker process: load the catalog once, then train the specs it is sent."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from harness.catalog import load_catalog
+    from harness.errors import HarnessError as UserError
+
+    catalog = load_catalog()
+    memo: dict[str, Any] = {}
+    device = _worker_device(device, index)
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        spec = RunSpec.from_canonical(item)
+        hook = _SinkHook(lambda s, e, n, loss: events.put(("progress", index, s.run_id, e, n, loss)))
+        try:
+            suite = catalog.suites.get(spec.suite)
+            record = execute(spec, suite, catalog, cache_dir=Path(cache_dir), device=device, hook=hook, data_memo=memo)
+        except UserError as exc:
+            events.put(("user_error", index, spec.run_id, str(exc)))
+            continue
+        events.put(("done", index, spec.run_id, record))
+
+
+class LocalPool:
+    POLL_S = 0.1
+
+    def __init__(self, options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
+        self.options, self.catalog, self.suite, self.device, self.cache_dir = options, catalog, suite, device, cache_dir
+        self.ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+        self.events = self.ctx.Queue()
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, options.jobs))
+
+    def _start(self, index: int) -> dict[str, Any]:
+        tasks = self.ctx.Queue()
+        proc = self.ctx.Process(target=_pool_worker, args=(index, tasks, self.events, self.threads, self.device, str(self.cache_dir)), daemon=True)
+        proc.start()
+        return {"proc": proc, "tasks": tasks, "spec": None, "since": 0.0}
+
+    def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        if not specs:
+            return
+        pending = list(specs)
+        attempts: dict[str, int] = {}
+        by_id = {s.run_id: s for s in specs}
+        workers = [self._start(i) for i in range(min(self.options.jobs, len(specs)))]
+        remaining = len(specs)
+        try:
+            while remaining:
+                for w in workers:  # hand out work
+                    while w["spec"] is None and pending and not sink.claim(pending[0]):
+                        pending.pop(0)  # another process trains it
+                        remaining -= 1
+                    if w["spec"] is None and pending:
+                        spec = pending.pop(0)
+                        attempts[spec.run_id] = attempts.get(spec.run_id, 0) + 1
+                        w["spec"], w["since"] = spec, time.monotonic()
+                        w["tasks"].put(spec.canonical())
+                        sink.assigned(spec, w["proc"].pid)
+                        sink.started(spec)
+                try:
+                    event = self.events.get(timeout=self.POLL_S)
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    kind, index, run_id = event[:3]
+                    if kind == "progress":
+                        sink.progress(by_id[run_id], *event[3:])
+                    elif kind == "user_error":
+                        raise HarnessError(event[3])
+                    elif kind == "done":
+                        workers[index]["spec"] = None
+                        sink.finished(by_id[run_id], event[3])
+                        remaining -= 1
+                for i, w in enumerate(workers):  # watch for deaths and time limits
+                    spec = w["spec"]
+                    if spec is None:
+                        continue
+                    elapsed = time.monotonic() - w["since"]
+                    if not w["proc"].is_alive():
+                        code = w["proc"].exitcode
+                        workers[i] = self._start(i)
+                        if attempts[spec.run_id] <= self.options.retries:
+                            pending.insert(0, spec)
+                            continue
+                        error = f"the worker process died during the run (exit code {code}); tried {attempts[spec.run_id]} time(s) (retries={self.options.retries})"
+                        sink.finished(spec, make_record(spec, self.suite, self.catalog, status="failed", error=error, started=_now(), duration_s=elapsed, device=self.device))
+                        remaining -= 1
+                    elif self.options.timeout_s is not None and elapsed > self.options.timeout_s:
+                        w["proc"].kill()
+                        w["proc"].join()
+                        workers[i] = self._start(i)
+                        error = f"the run exceeded its time limit of {self.options.timeout_s:g} s and was stopped"
+                        sink.finished(spec, make_record(spec, self.suite, self.catalog, status="timeout", error=error, started=_now(), duration_s=elapsed, device=self.device))
+                        remaining -= 1
+        finally:
+            for w in workers:
+                if w["proc"].is_alive():
+                    if w["spec"] is None:
+                        w["tasks"].put(None)
+                    else:
+                        w["proc"].kill()
+            for w in workers:
+                w["proc"].join(timeout=5)
+                if w["proc"].is_alive():
+                    w["proc"].kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+# ---------------------------------------------------------------------------------------------
+
+_RAY_CATALOG: Any = None
+
+
+def _ray_execute(spec_json: dict[str, Any], cache_dir: str, device: str) -> dict[str, Any]:
+    """The body of one Ray task; the catalog is loaded once per Ray worker process."""
+    global _RAY_CATALOG
+    import torch
+
+    torch.set_num_threads(1)
+    from harness.catalog import load_catalog
+
+    if _RAY_CATALOG is None:
+        _RAY_CATALOG = load_catalog()
+    spec = RunSpec.from_canonical(spec_json)
+    suite = _RAY_CATALOG.suites.get(spec.suite)
+    return execute(spec, suite, _RAY_CATALOG, cache_dir=Path(cache_dir), device=device, hook=_SinkHook(lambda *a: None), data_memo={})
+
+
+class RayExecutor:
+    def __init__(self, options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
+        self.options, self.catalog, self.suite, self.device, self.cache_dir = options, catalog, suite, device, cache_dir
+
+    def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise HarnessError("executor=ray needs Ray, which is not installed: pip install 'harness-bench[ray]' (or pip install ray)") from None
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        started_here = not ray.is_initialized()
+        if started_here:
+            try:
+                if self.options.address:
+                    ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            except Exception as exc:  # ConnectionError and Ray's own errors
+                raise HarnessError(f"could not connect to the Ray cluster at {self.options.address or 'a new local cluster'}: {exc}") from None
+        try:
+            self._run(ray, specs, sink)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray: Any, specs: list[RunSpec], sink: Sink) -> None:
+        remote = ray.remote(num_cpus=1, max_retries=self.options.retries)(_ray_execute)
+        slots = self.options.jobs if self.options.jobs > 1 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending = list(specs)
+        running: dict[Any, tuple[RunSpec, float]] = {}
+        while pending or running:
+            while pending and len(running) < slots:  # at most `slots` in flight, so submitted = running
+                spec = pending.pop(0)
+                if not sink.claim(spec):
+                    continue
+                running[remote.remote(spec.canonical(), str(self.cache_dir), self.device)] = (spec, time.monotonic())
+                sink.started(spec)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                spec, since = running.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:  # the task's worker died past its retries, or Ray failed
+                    record = make_record(spec, self.suite, self.catalog, status="failed", error=f"Ray task failed: {type(exc).__name__}: {exc}", started=_now(), duration_s=time.monotonic() - since, device=self.device)
+                sink.finished(spec, record)
+            if self.options.timeout_s is not None:
+                for ref, (spec, since) in list(running.items()):
+                    if time.monotonic() - since > self.options.timeout_s:
+                        ray.cancel(ref, force=True)
+                        running.pop(ref)
+                        error = f"the run exceeded its time limit of {self.options.timeout_s:g} s and was stopped"
+                        sink.finished(spec, make_record(spec, self.suite, self.catalog, status="timeout", error=error, started=_now(), duration_s=time.monotonic() - since, device=self.device))
