@@ -119,6 +119,9 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"], weight_decay=recipe["weight_decay"], nesterov=bool(recipe["nesterov"]) and recipe["momentum"] > 0
     )
+    # Normalise the split once when it fits comfortably (< 1 GiB as float32); else batch by batch
+    # from the uint8 tensor, which is what lets a whole CIFAR-scale split stay resident.
+    x_float = normalizer(x) if x.numel() * 4 < 2**30 else None
     log = TrainLog()
     step = 0
     for epoch in range(epochs):
@@ -133,7 +136,7 @@ def train(
             index = perm[start : start + bs]
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            xb = normalizer(x[index])
+            xb = x_float[index] if x_float is not None else normalizer(x[index])
             if recipe.get("crop_flip"):
                 xb = crop_flip(xb, generator)
             yb = y[index]

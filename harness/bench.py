@@ -1,0 +1,285 @@
+"""`harness bench`: the speed and memory targets, measured side by side in one run.
+
+Each benchmark times the harness and its reference alternately (interleaved, so drift in machine
+load hits both), `repeats` times, and reports medians and their ratio against the target:
+
+| name        | harness                                  | reference                                   | target        |
+|-------------|------------------------------------------|---------------------------------------------|---------------|
+| engine      | `harness.engine.train` on long-tail data | a minimal hand-written PyTorch loop          | ratio <= 1.05 |
+| pipeline    | tensor-resident batches + batched crop/flip | DataLoader + per-sample torchvision transforms | >= 5x faster |
+| sweep       | 12-run grid with jobs=2                  | the same grid with jobs=1                    | >= 1.7x faster|
+| cache       | re-running a completed 30-run grid       | -                                            | < 2 s         |
+| leaderboard | query + render over 1,000,000 metric rows | -                                           | < 1 s         |
+| startup     | `harness --help`, `harness list suites`  | -                                            | --help < 0.3 s|
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("engine", "pipeline", "sweep", "cache", "leaderboard", "startup")
+
+
+@dataclass
+class Row:
+    name: str
+    what: str
+    harness_s: float
+    reference_s: float | None
+    ratio_text: str
+    target: str
+    met: bool
+
+
+def _median_times(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Run the callables alternately `repeats` times; median seconds of each."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def _harness_cmd(*args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "harness", *args], check=True, capture_output=True, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# engine overhead
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_engine(repeats: int) -> Row:
+    import torch
+
+    from harness.data import LoadOptions, load_mnist5k
+    from harness.engine import Normalizer, train
+    from harness.kinds import Loss
+    from harness.models import SmallCNN
+    from harness_suites.long_tail import long_tail_indices
+
+    data = load_mnist5k(LoadOptions(cache_dir=Path(tempfile.gettempdir())))
+    keep = long_tail_indices(data.train_y, 10, 100)
+    x, y = data.train_x[keep], data.train_y[keep]
+    recipe = {"epochs": 5, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "schedule": "onecycle", "warmup_epochs": 1}
+    normalizer = Normalizer.fit(x)
+
+    class CE(Loss):
+        def forward(self, logits, targets, index):
+            return torch.nn.functional.cross_entropy(logits, targets)
+
+    def with_harness() -> None:
+        torch.manual_seed(0)
+        train(SmallCNN(10, 1, 28), x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cpu")
+
+    def by_hand() -> None:  # the same work, written the shortest way
+        torch.manual_seed(0)
+        model = SmallCNN(10, 1, 28)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        g = torch.Generator().manual_seed(0)
+        steps = recipe["epochs"] * -(-len(y) // 128)
+        xf = (x.float() / 255 - normalizer.mean) / normalizer.std
+        step = 0
+        for _ in range(recipe["epochs"]):
+            model.train()
+            perm = torch.randperm(len(y), generator=g)
+            for i in range(0, len(y), 128):
+                idx = perm[i : i + 128]
+                for group in opt.param_groups:
+                    group["lr"] = 0.05 * min((step + 1) / 8, (steps - step) / max(1, steps - 8))
+                loss = torch.nn.functional.cross_entropy(model(xf[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+
+    with_harness()  # warm-up
+    h, ref = _median_times([with_harness, by_hand], repeats)
+    return Row("engine", "train 5 epochs, long-tail MNIST (988 images)", h, ref, f"{h / ref:.3f}", "ratio <= 1.05", h / ref <= 1.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# input pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_pipeline(repeats: int) -> Row:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    from harness.data import LoadOptions, load_mnist5k
+    from harness.engine import Normalizer, crop_flip
+
+    data = load_mnist5k(LoadOptions(cache_dir=Path(tempfile.gettempdir())))
+    x, y = data.train_x, data.train_y
+    normalizer = Normalizer.fit(x)
+    mean, std = float(normalizer.mean.flatten()[0]), float(normalizer.std.flatten()[0])
+    transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.RandomCrop(28, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip(), v2.Normalize([mean], [std])])
+
+    class PerSample(Dataset):
+        def __len__(self) -> int:
+            return len(y)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return transform(x[i]), y[i]
+
+    def tensor_resident() -> None:
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 128):
+            idx = perm[i : i + 128]
+            crop_flip(normalizer(x[idx]), g)
+            y[idx]
+
+    def dataloader() -> None:
+        for _xb, _yb in DataLoader(PerSample(), batch_size=128, shuffle=True, num_workers=0):
+            pass
+
+    h, ref = _median_times([tensor_resident, dataloader], repeats)
+    return Row("pipeline", "one epoch of 4000 images: normalise + crop + flip", h, ref, f"{ref / h:.1f}x faster", ">= 5x faster", ref / h >= 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep scaling, cache, start-up (whole commands)
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_sweep(repeats: int) -> Row:
+    grid = ("run", "suite=long_tail", "method=ce,focal,balanced_softmax,logit_adjustment", "seeds=3", "epochs=4")
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    counter = iter(range(10**6))
+
+    def run(jobs: int) -> Callable[[], None]:
+        return lambda: _harness_cmd(*grid, f"jobs={jobs}", f"results={tmp / str(next(counter))}")
+
+    try:
+        two, one = _median_times([run(2), run(1)], max(1, repeats // 2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cores = os.cpu_count()
+    return Row("sweep", f"12-run grid, jobs=2 vs jobs=1 ({cores} cores)", two, one, f"{one / two:.2f}x faster", ">= 1.7x faster", one / two >= 1.7)
+
+
+def bench_cache(repeats: int) -> Row:
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    grid = ("run", "suite=long_tail", "method=ce,focal,balanced_softmax,logit_adjustment,label_smoothing", "seeds=3", "ratio=10,100", "epochs=1", f"results={tmp}")
+    try:
+        _harness_cmd(*grid, "jobs=2")
+        (h,) = _median_times([lambda: _harness_cmd(*grid)], repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Row("cache", "re-run a completed 30-run grid (whole command)", h, None, "-", "< 2 s", h < 2)
+
+
+def bench_startup(repeats: int) -> list[Row]:
+    help_s, list_s = _median_times([lambda: _harness_cmd("--help"), lambda: _harness_cmd("list", "suites")], repeats)
+    return [
+        Row("startup", "harness --help", help_s, None, "-", "< 0.3 s", help_s < 0.3),
+        Row("startup", "harness list suites", list_s, None, "-", "(reported)", True),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard at scale
+# ---------------------------------------------------------------------------------------------
+
+
+def _synthetic_store(root: Path, metric_rows: int) -> None:
+    """A results database with `metric_rows` metric rows: 5 metrics per run, 10 seeds per entry."""
+    import numpy as np
+    import pandas as pd
+
+    from harness.store import ResultStore
+
+    store = ResultStore(root)
+    con = store.connect()
+    runs = metric_rows // 5
+    rng = np.random.default_rng(0)
+    ids = [f"{i:016x}" for i in range(runs)]
+    entries = [f"method_{i // 10 % 2000}" for i in range(runs)]
+    variants = [f"ratio={(10, 50, 100, 200)[i // 20000 % 4]}" for i in range(runs)]
+    run_df = pd.DataFrame({
+        "run_id": ids, "suite": "long_tail", "suite_version": "1", "scale": "tiny", "variant": variants, "entry": entries,
+        "seed": [i % 10 for i in range(runs)], "dataset": "mnist5k", "model": "small_cnn", "recipe_id": "bench000",
+        "primary_metric": "top1", "primary_higher_is_better": True, "status": "ok", "error": None,
+        "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01"), "duration_s": 1.0,
+        "spec": "{}", "provenance": "{}", "info": "{}", "record_digest": ids,
+    })
+    names = ["top1", "many_shot", "medium_shot", "few_shot", "ece"]
+    metric_df = pd.DataFrame({
+        "run_id": np.repeat(ids, 5), "name": names * runs, "value": rng.random(runs * 5),
+        "higher_is_better": [n != "ece" for n in names] * runs, "position": list(range(5)) * runs,
+    })
+    con.register("r", run_df)
+    con.register("m", metric_df)
+    con.execute("INSERT INTO runs SELECT * FROM r")
+    con.execute("INSERT INTO metrics SELECT * FROM m")
+    con.close()
+
+
+def bench_leaderboard(repeats: int) -> Row:
+    from harness.leaderboard import build_boards, render
+    from harness.store import ResultStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    try:
+        _synthetic_store(tmp, 1_000_000)
+        store = ResultStore(tmp)
+
+        def query_and_render() -> None:
+            con = store.connect(read_only=True)
+            try:
+                render(build_boards(con, suite="long_tail"), "table")
+            finally:
+                con.close()
+
+        (h,) = _median_times([query_and_render], repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Row("leaderboard", "query + render, 1,000,000 metric rows (2,000 entries x 4 variants)", h, None, "-", "< 1 s", h < 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+
+
+def run_benchmarks(only: list[str], repeats: int, progress: Callable[[str], None]) -> list[Row]:
+    rows: list[Row] = []
+    for name in only:
+        progress(f"bench {name} ...")
+        result = {"engine": bench_engine, "pipeline": bench_pipeline, "sweep": bench_sweep, "cache": bench_cache, "leaderboard": bench_leaderboard, "startup": bench_startup}[name](repeats)
+        rows.extend(result if isinstance(result, list) else [result])
+    return rows
+
+
+def render_rows(rows: list[Row], fmt: str = "table") -> str:
+    from tabulate import tabulate
+
+    table = [
+        [r.name, r.what, f"{r.harness_s:.3f}", "-" if r.reference_s is None else f"{r.reference_s:.3f}", r.ratio_text, r.target, "yes" if r.met else "NO"]
+        for r in rows
+    ]
+    headers = ["benchmark", "what", "harness (s, median)", "reference (s, median)", "ratio", "target", "met"]
+    return tabulate(table, headers=headers, tablefmt="github" if fmt == "markdown" else "simple")
+
+
+def machine_description() -> str:
+    import platform
+
+    import torch
+
+    return f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} (threads {torch.get_num_threads()})"
