@@ -99,12 +99,17 @@ def train(
     augmentations: tuple[Any, ...] = (),
     on_epoch: Callable[[int, int, float], None] = lambda e, n, loss: None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    compile_model: bool = False,
 ) -> TrainLog:
     """Train `model` in place on (x uint8, y) for recipe['epochs'] epochs; return the log.
 
     `loss_fn(logits, targets, index)` must have `start_epoch(epoch)` (harness.kinds.Loss).
     `evaluate`, if given, is called after every epoch and its numbers become per-epoch curves
     (for plots only: nothing is selected by them). Raises RunDiverged when the loss is not finite.
+    `compile_model` runs the training forward pass through `torch.compile`.
+
+    The step has no host synchronisation: the loss is accumulated on the device and read once
+    per epoch (the divergence check), the learning rate is a Python float.
     """
     model.to(device)
     loss_fn.to(device)
@@ -122,6 +127,7 @@ def train(
     # Normalise the split once when it fits comfortably (< 1 GiB as float32); else batch by batch
     # from the uint8 tensor, which is what lets a whole CIFAR-scale split stay resident.
     x_float = normalizer(x) if x.numel() * 4 < 2**30 else None
+    forward = torch.compile(model) if compile_model else model
     log = TrainLog()
     step = 0
     for epoch in range(epochs):
@@ -147,7 +153,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps_per_epoch, recipe)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
-                logits = model(xb)
+                logits = forward(xb)
             if len(yb) != len(index):  # the augmentation appended copies: per-sample state is undefined for them
                 index = torch.cat([index, index.new_full((len(yb) - len(index),), -1)])
             loss = loss_fn(logits.float(), yb, index)

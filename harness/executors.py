@@ -29,7 +29,7 @@ def make_executor(options: ExecOptions, *, catalog: Any, suite: Suite, device: s
     if options.executor == "ray":
         return RayExecutor(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
     if options.jobs == 1 and options.timeout_s is None:
-        return InProcess(catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
+        return InProcess(catalog=catalog, suite=suite, device=device, cache_dir=cache_dir, compile_model=options.compile_model)
     # a time limit needs a process that can be killed from outside, even for jobs=1
     return LocalPool(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
 
@@ -45,8 +45,8 @@ class _SinkHook:
 
 
 class InProcess:
-    def __init__(self, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
-        self.catalog, self.suite, self.device, self.cache_dir = catalog, suite, device, cache_dir
+    def __init__(self, *, catalog: Any, suite: Suite, device: str, cache_dir: Path, compile_model: bool = False):
+        self.catalog, self.suite, self.device, self.cache_dir, self.compile_model = catalog, suite, device, cache_dir, compile_model
 
     def run(self, specs: list[RunSpec], sink: Sink) -> None:
         memo: dict[str, Any] = {}
@@ -55,7 +55,7 @@ class InProcess:
             if not sink.claim(spec):
                 continue
             sink.started(spec)
-            record = execute(spec, self.suite, self.catalog, cache_dir=self.cache_dir, device=self.device, hook=hook, data_memo=memo)
+            record = execute(spec, self.suite, self.catalog, cache_dir=self.cache_dir, device=self.device, hook=hook, data_memo=memo, compile_model=self.compile_model)
             sink.finished(spec, record)
 
 
@@ -73,7 +73,7 @@ def _worker_device(device: str, index: int) -> str:
     return device
 
 
-def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str) -> None:
+def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str, compile_model: bool = False) -> None:
     """A worker process: load the catalog once, then train the specs it is sent."""
     import torch
 
@@ -92,7 +92,7 @@ def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str,
         hook = _SinkHook(lambda s, e, n, loss: events.put(("progress", index, s.run_id, e, n, loss)))
         try:
             suite = catalog.suites.get(spec.suite)
-            record = execute(spec, suite, catalog, cache_dir=Path(cache_dir), device=device, hook=hook, data_memo=memo)
+            record = execute(spec, suite, catalog, cache_dir=Path(cache_dir), device=device, hook=hook, data_memo=memo, compile_model=compile_model)
         except UserError as exc:
             events.put(("user_error", index, spec.run_id, str(exc)))
             continue
@@ -110,7 +110,7 @@ class LocalPool:
 
     def _start(self, index: int) -> dict[str, Any]:
         tasks = self.ctx.Queue()
-        proc = self.ctx.Process(target=_pool_worker, args=(index, tasks, self.events, self.threads, self.device, str(self.cache_dir)), daemon=True)
+        proc = self.ctx.Process(target=_pool_worker, args=(index, tasks, self.events, self.threads, self.device, str(self.cache_dir), self.options.compile_model), daemon=True)
         proc.start()
         return {"proc": proc, "tasks": tasks, "spec": None, "since": 0.0}
 
@@ -190,7 +190,7 @@ class LocalPool:
 _RAY_CATALOG: Any = None
 
 
-def _ray_execute(spec_json: dict[str, Any], cache_dir: str, device: str) -> dict[str, Any]:
+def _ray_execute(spec_json: dict[str, Any], cache_dir: str, device: str, compile_model: bool = False) -> dict[str, Any]:
     """The body of one Ray task; the catalog is loaded once per Ray worker process."""
     global _RAY_CATALOG
     import torch
@@ -202,7 +202,7 @@ def _ray_execute(spec_json: dict[str, Any], cache_dir: str, device: str) -> dict
         _RAY_CATALOG = load_catalog()
     spec = RunSpec.from_canonical(spec_json)
     suite = _RAY_CATALOG.suites.get(spec.suite)
-    return execute(spec, suite, _RAY_CATALOG, cache_dir=Path(cache_dir), device=device, hook=_SinkHook(lambda *a: None), data_memo={})
+    return execute(spec, suite, _RAY_CATALOG, cache_dir=Path(cache_dir), device=device, hook=_SinkHook(lambda *a: None), data_memo={}, compile_model=compile_model)
 
 
 class RayExecutor:
@@ -240,7 +240,7 @@ class RayExecutor:
                 spec = pending.pop(0)
                 if not sink.claim(spec):
                     continue
-                running[remote.remote(spec.canonical(), str(self.cache_dir), self.device)] = (spec, time.monotonic())
+                running[remote.remote(spec.canonical(), str(self.cache_dir), self.device, self.options.compile_model)] = (spec, time.monotonic())
                 sink.started(spec)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:

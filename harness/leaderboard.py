@@ -1,10 +1,12 @@
-"""Leaderboards: SQL aggregation over stored runs, ranking, and rendering (table, markdown, csv, json).
+"""Leaderboards: SQL aggregation over stored runs, statistics, ranking, and rendering (table, markdown, csv, json).
 
 A leaderboard table holds runs of one protocol only: the same suite, suite version, scale,
 variant, dataset, model and recipe. Results of different protocols are never ranked together.
-Per entry: mean and sample standard deviation over seeds, n, and how many runs failed or
-diverged (counted, never silently dropped). Rank: 1 + the number of entries with a strictly
-better mean primary metric.
+Per entry: mean and sample standard deviation over seeds, n, the 95% Student t confidence
+interval of the mean, a paired t-test against the suite's baseline on matching seeds, and how
+many runs failed or diverged (counted, never silently dropped). Rank: the rank group of
+`harness.stats.rank_groups` — entries whose intervals overlap the group leader's share a rank
+(statistically tied), so noise does not decide an ordering. Definitions: harness/stats.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness import stats
 
 PROTOCOL_KEYS = ("suite", "suite_version", "scale", "variant", "dataset", "model", "recipe_id")
 FORMATS = ("table", "markdown", "csv", "json")
@@ -32,10 +36,26 @@ GROUP BY ALL
 _STATUS_SQL = """
 SELECT suite, suite_version, scale, variant, dataset, model, recipe_id, entry, primary_metric, primary_higher_is_better,
        count(*) FILTER (WHERE status = 'ok') AS ok,
-       count(*) FILTER (WHERE status <> 'ok') AS not_ok
+       count(*) FILTER (WHERE status <> 'ok') AS not_ok,
+       count(*) FILTER (WHERE status = 'diverged') AS diverged
 FROM runs r WHERE true {where}
 GROUP BY ALL
 """
+
+# the primary metric of every ok run, by seed: what paired tests compare
+_SEEDS_SQL = """
+SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry, r.seed, avg(m.value)
+FROM runs r JOIN metrics m ON m.run_id = r.run_id AND m.name = r.primary_metric
+WHERE r.status = 'ok' AND m.value IS NOT NULL {where}
+GROUP BY ALL
+"""
+
+STATS_NOTE = (
+    "mean ± std (sample) over seeds; n = runs with status ok; 95% CI = Student t interval mean ± t(0.975, n-1)·std/√n "
+    "('-' for n = 1); Δ and p = two-sided paired t-test of the primary metric against the suite's baseline on matching "
+    "seeds (pairs = seeds both ran); rank = rank group: sorted by mean, an entry shares the rank of the group leader "
+    "whose CI its CI overlaps (statistically tied); failed = runs not ok (diverged included), diverged = of which diverged"
+)
 
 
 @dataclass
@@ -43,33 +63,60 @@ class Entry:
     method: str
     primary: str
     higher_is_better: bool
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> mean, std, n, higher_is_better
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> mean, std, n, ci_low, ci_high, higher_is_better
     ok: int = 0
-    not_ok: int = 0
-    rank: int | None = None
+    not_ok: int = 0  # failed, timed out or diverged
+    diverged: int = 0
+    rank: int | None = None  # rank group (see harness.stats.rank_groups)
+    seeds: dict[int, float] = field(default_factory=dict)  # seed -> primary metric
+    baseline_test: stats.PairedTest | None = None  # None for the baseline itself or when there is none
 
     @property
     def primary_mean(self) -> float | None:
         m = self.metrics.get(self.primary)
         return m["mean"] if m and m["mean"] is not None else None
 
+    @property
+    def interval(self) -> stats.Interval | None:
+        m = self.metrics.get(self.primary)
+        if not m or m.get("ci_low") is None:
+            return None
+        return stats.Interval(m["ci_low"], m["ci_high"])
+
 
 @dataclass
 class Board:
     protocol: dict[str, Any]
     entries: list[Entry]
+    baseline: str | None = None  # the suite's baseline entry name (None if the suite is not installed)
 
     @property
     def title(self) -> str:
         p = self.protocol
         return f"{p['suite']} v{p['suite_version']} | scale={p['scale']} | {p['variant']} | {p['dataset']} / {p['model']} | recipe {p['recipe_id']}"
 
+    @property
+    def has_baseline(self) -> bool:
+        return self.baseline is not None and any(e.method == self.baseline and e.seeds for e in self.entries)
+
 
 def _clean(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def build_boards(con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None) -> list[Board]:
+def installed_baselines() -> dict[str, str]:
+    """Suite name -> baseline entry, from the installed suites (a suite not installed has none)."""
+    from harness.catalog import load_catalog
+
+    return {s.name: s.baseline for s in load_catalog().suites}
+
+
+def build_boards(
+    con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None, baselines: dict[str, str] | None = None
+) -> list[Board]:
+    """Every protocol's leaderboard. `baselines` maps suite -> baseline entry (default: the installed suites')."""
+    if baselines is None:
+        baselines = installed_baselines()
     where, params = "", []
     for column, value in (("suite", suite), ("scale", scale), ("variant", variant)):
         if value is not None:
@@ -77,26 +124,54 @@ def build_boards(con: Any, *, suite: str | None = None, scale: str | None = None
             params.append(value)
     boards: dict[tuple, dict[str, Entry]] = {}
     for row in con.execute(_STATUS_SQL.format(where=where), params).fetchall():
-        key, (entry, primary, hib, ok, not_ok) = tuple(row[:7]), row[7:]
-        boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok)
+        key, (entry, primary, hib, ok, not_ok, diverged) = tuple(row[:7]), row[7:]
+        boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok, diverged=diverged)
     rows = con.execute(_METRICS_SQL.format(where=where), params).fetchall()
     for row in sorted(rows, key=lambda r: r[15]):  # the suite's metric order
         key, entry, metric, hib, mean, std, n = tuple(row[:7]), row[7], row[10], row[11], row[12], row[13], row[14]
-        boards[key][entry].metrics[metric] = {"mean": _clean(mean), "std": _clean(std), "n": n, "higher_is_better": bool(hib)}
+        mean, std = _clean(mean), _clean(std)
+        interval = stats.confidence_interval(mean, std, n)
+        boards[key][entry].metrics[metric] = {
+            "mean": mean, "std": std, "n": n,
+            "ci_low": interval.low if interval else None, "ci_high": interval.high if interval else None,
+            "higher_is_better": bool(hib),
+        }
+    for row in con.execute(_SEEDS_SQL.format(where=where), params).fetchall():
+        key, entry, seed, value = tuple(row[:7]), row[7], int(row[8]), _clean(row[9])
+        if value is not None:
+            boards[key][entry].seeds[seed] = value
     out = []
     for key in sorted(boards, key=lambda k: tuple(str(x) for x in k)):
-        entries = list(boards[key].values())
+        entries = sorted(boards[key].values(), key=lambda e: e.method)
+        board = Board(dict(zip(PROTOCOL_KEYS, key)), entries, baselines.get(key[0]))
         _rank(entries)
-        entries.sort(key=lambda e: (e.rank is None, e.rank or 0, e.method))
-        out.append(Board(dict(zip(PROTOCOL_KEYS, key)), entries))
+        _compare_with_baseline(board)
+        entries.sort(key=lambda e: (e.rank is None, e.rank or 0, _best_first(e), e.method))
+        out.append(board)
     return out
+
+
+def _best_first(e: Entry) -> float:
+    mean = e.primary_mean or 0.0
+    return -mean if e.higher_is_better else mean
 
 
 def _rank(entries: list[Entry]) -> None:
     scored = [e for e in entries if e.primary_mean is not None]
-    for e in scored:
-        sign = 1 if e.higher_is_better else -1
-        e.rank = 1 + sum(1 for o in scored if sign * o.primary_mean > sign * e.primary_mean)
+    if not scored:
+        return
+    ranks = stats.rank_groups([(e.primary_mean, e.interval) for e in scored], higher_is_better=scored[0].higher_is_better)
+    for e, rank in zip(scored, ranks):
+        e.rank = rank
+
+
+def _compare_with_baseline(board: Board) -> None:
+    base = next((e for e in board.entries if e.method == board.baseline), None)
+    if base is None:
+        return
+    for e in board.entries:
+        if e is not base and e.seeds:
+            e.baseline_test = stats.paired_t_test(e.seeds, base.seeds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,10 +189,39 @@ def _metric_order(board: Board) -> list[str]:
     return sorted(names, key=lambda n: (n != primary, names.index(n)))
 
 
+def fmt_value(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _cell(m: dict[str, Any] | None) -> str:
     if not m or m["mean"] is None:
         return "-"
     return f"{m['mean']:.4f} ± {m['std']:.4f}" if m["std"] is not None else f"{m['mean']:.4f}"
+
+
+def ci_text(m: dict[str, Any] | None) -> str:
+    if not m or m.get("ci_low") is None:
+        return "-"
+    return f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+
+
+def comparison_text(board: Board, e: Entry) -> tuple[str, str]:
+    """(Δ vs baseline, p-value with the number of pairs) as shown in tables."""
+    if board.baseline is None:
+        return "-", "-"
+    if e.method == board.baseline:
+        return "baseline", "baseline"
+    test = e.baseline_test
+    if test is None or test.n_pairs == 0:
+        return "-", "-"
+    delta = f"{test.mean_diff:+.4f}"
+    return delta, f"{fmt_p(test.p)} (n={test.n_pairs})"
 
 
 def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
@@ -126,8 +230,20 @@ def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
     for e in board.entries:
         for name, m in e.metrics.items():
             arrows[name] = "↑" if m["higher_is_better"] else "↓"
-    headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics), "n", "failed"]
-    rows = [[e.rank if e.rank is not None else "-", e.method, *(_cell(e.metrics.get(n)) for n in metrics), e.ok, e.not_ok] for e in board.entries]
+    primary = metrics[0] if metrics else None
+    base = board.baseline or "baseline"
+    headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics[:1]), "95% CI", f"Δ vs {base}", f"p vs {base}"]
+    headers += [*(f"{n} {arrows.get(n, '')}".strip() for n in metrics[1:]), "n", "failed", "diverged"]
+    rows = []
+    for e in board.entries:
+        delta, p = comparison_text(board, e)
+        rows.append(
+            [
+                e.rank if e.rank is not None else "-", e.method, *(_cell(e.metrics.get(n)) for n in metrics[:1]),
+                ci_text(e.metrics.get(primary)) if primary else "-", delta, p,
+                *(_cell(e.metrics.get(n)) for n in metrics[1:]), e.ok, e.not_ok, e.diverged,
+            ]
+        )
     return headers, rows
 
 
@@ -137,6 +253,7 @@ def to_records(boards: list[Board]) -> list[dict[str, Any]]:
     for b in boards:
         for e in b.entries:
             p = e.metrics.get(e.primary, {})
+            test = e.baseline_test
             out.append(
                 {
                     **b.protocol,
@@ -146,8 +263,16 @@ def to_records(boards: list[Board]) -> list[dict[str, Any]]:
                     "mean": p.get("mean"),
                     "std": p.get("std"),
                     "n": p.get("n", 0),
+                    "ci_low": p.get("ci_low"),
+                    "ci_high": p.get("ci_high"),
                     "rank": e.rank,
+                    "baseline": b.baseline,
+                    "diff_vs_baseline": test.mean_diff if test else None,
+                    "p_vs_baseline": test.p if test else None,
+                    "n_pairs": test.n_pairs if test else 0,
                     "failed": e.not_ok,
+                    "diverged": e.diverged,
+                    "seeds": {str(k): v for k, v in sorted(e.seeds.items())},
                     "metrics": e.metrics,
                 }
             )
@@ -167,20 +292,20 @@ def render(boards: list[Board], fmt: str = "table") -> str:
                 if name not in metric_names:
                     metric_names.append(name)
         writer = csv.writer(buf)
-        writer.writerow([*PROTOCOL_KEYS, "rank", "method", "n", "failed", *(f"{n}_{s}" for n in metric_names for s in ("mean", "std"))])
-        for b in boards:
-            for e in b.entries:
-                values = []
-                for n in metric_names:
-                    m = e.metrics.get(n, {})
-                    values += [m.get("mean"), m.get("std")]
-                writer.writerow([*(b.protocol[k] for k in PROTOCOL_KEYS), e.rank, e.method, e.ok, e.not_ok, *("" if v is None else v for v in values)])
+        extra = ("ci_low", "ci_high", "baseline", "diff_vs_baseline", "p_vs_baseline", "n_pairs")
+        writer.writerow([*PROTOCOL_KEYS, "rank", "method", "n", "failed", "diverged", *extra, *(f"{n}_{s}" for n in metric_names for s in ("mean", "std"))])
+        for record, (b, e) in zip(to_records(boards), ((board, e) for board in boards for e in board.entries)):
+            values = []
+            for n in metric_names:
+                m = e.metrics.get(n, {})
+                values += [m.get("mean"), m.get("std")]
+            values = [*(record[k] for k in extra), *values]
+            writer.writerow([*(b.protocol[k] for k in PROTOCOL_KEYS), e.rank, e.method, e.ok, e.not_ok, e.diverged, *("" if v is None else v for v in values)])
         return buf.getvalue()
     tablefmt = {"table": "simple", "markdown": "github"}[fmt]
     parts = []
     for b in boards:
         headers, rows = _rows(b)
         heading = f"### {b.title}" if fmt == "markdown" else b.title
-        note = "mean ± std over seeds (n = runs with status ok); rank by the first metric; failed = failed or diverged runs"
-        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{note}\n")
+        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{STATS_NOTE}\n")
     return "\n".join(parts)

@@ -135,6 +135,63 @@ class CifarResNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# CIFAR ResNet-18 and PreAct ResNet-18 (3x3 stem, no max-pool: the CIFAR variants used by the
+# noisy-label and unlearning literature)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Block18(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, preact: bool):
+        super().__init__()
+        self.preact = preact
+        self.bn1 = nn.BatchNorm2d(cin if preact else cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 1, stride, bias=False)]
+            if not preact:
+                layers.append(nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact:  # He et al., Identity Mappings in Deep Residual Networks, ECCV 2016
+            out = F.relu(self.bn1(x))
+            shortcut = self.shortcut(out) if not isinstance(self.shortcut, nn.Identity) else x
+            out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+            return out + shortcut
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    def __init__(self, num_classes: int, in_chans: int = 3, preact: bool = False):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        self.stem_bn = nn.Identity() if preact else nn.BatchNorm2d(64)
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            for i in range(2):
+                blocks.append(_Block18(cin, cout, stride if i == 0 else 1, preact))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.final_bn = nn.BatchNorm2d(512) if preact else nn.Identity()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(512, num_classes)
+        self.preact = preact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(x)
+        out = out if self.preact else F.relu(self.stem_bn(out))
+        out = self.layers(out)
+        if self.preact:
+            out = F.relu(self.final_bn(out))
+        return self.classifier(self.pool(out))
+
+
+# ---------------------------------------------------------------------------------------------
 # any timm architecture by name
 # ---------------------------------------------------------------------------------------------
 

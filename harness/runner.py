@@ -37,6 +37,7 @@ class ExecOptions:
     timeout_s: float | None = None
     retries: int = 1
     address: str | None = None  # Ray cluster address (auto, ray://host:port); None starts a local cluster
+    compile_model: bool = False  # torch.compile the training forward pass
 
 
 @dataclass
@@ -110,14 +111,14 @@ def make_record(spec: RunSpec, suite: Suite, catalog: Any, *, status: str, error
     }
 
 
-def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, device: str, hook: Any, data_memo: dict[str, Any]) -> dict[str, Any]:
+def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, device: str, hook: Any, data_memo: dict[str, Any], compile_model: bool = False) -> dict[str, Any]:
     """Run one spec and return its result record (never raises for a method's own failure)."""
     started, t0 = _now(), time.perf_counter()
 
     def report_epoch(epoch: int, epochs: int, loss: float) -> None:
         hook.harness_run_progress(spec=spec, epoch=epoch, epochs=epochs, train_loss=loss)
 
-    ctx = RunContext(spec=spec, catalog=catalog, cache_dir=cache_dir, device=device, report_epoch=report_epoch, data_memo=data_memo)
+    ctx = RunContext(spec=spec, catalog=catalog, cache_dir=cache_dir, device=device, report_epoch=report_epoch, data_memo=data_memo, compile_model=compile_model)
     try:
         out = suite.run(ctx)
     except RunDiverged as exc:

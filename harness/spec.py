@@ -7,7 +7,7 @@ whenever the same cell is asked for again.
 Keys (everything else is an error that lists the valid keys):
 - `suite=NAME` (required), `scale=tiny|paper`, `results=DIR`, `device=auto|cpu|cuda`
 - execution (not part of a run's identity): `jobs=N`, `executor=local|ray`, `address=...`,
-  `timeout=SECONDS`, `retries=N`
+  `timeout=SECONDS`, `retries=N`, `compile=true`
 - `method=a,b+c` entries (a `+` combines methods of different kinds into one entry)
 - `seed=0,1,2` or `seeds=N` (seeds 0..N-1)
 - recipe keys: dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.suite import Suite
 
-SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries"}
+SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries", "compile"}
 KIND_ORDER = ("loss", "augmentation", "merging", "unlearning", "tta")
 
 

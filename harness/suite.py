@@ -75,6 +75,7 @@ class RunContext:
     device: str
     report_epoch: Callable[[int, int, float], None] = lambda epoch, epochs, loss: None
     data_memo: dict[str, Any] = field(default_factory=dict)  # shared across the runs of one process
+    compile_model: bool = False  # run the training forward pass through torch.compile (compile=true)
 
     def load_dataset(self, name: str) -> Any:
         """The dataset's DataSplits, loaded once per process."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.models import CifarResNet, ModelSource, SmallCNN
+from harness.models import CifarResNet, CifarResNet18, ModelSource, SmallCNN
 
 
 @hookimpl
@@ -29,5 +29,21 @@ def harness_register_models(register):
             "CIFAR ResNet-20 (3 stages of 3 basic blocks)",
             lambda num_classes, in_chans, img_size: CifarResNet(num_classes, in_chans, depth=20),
             paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        )
+    )
+    register(
+        ModelSource(
+            "resnet18",
+            "CIFAR ResNet-18 (3x3 stem, no max-pool, 4 stages of 2 basic blocks, widths 64-512)",
+            lambda num_classes, in_chans, img_size: CifarResNet18(num_classes, in_chans),
+            paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        )
+    )
+    register(
+        ModelSource(
+            "preact_resnet18",
+            "CIFAR pre-activation ResNet-18 (the noisy-label literature's model, e.g. DivideMix)",
+            lambda num_classes, in_chans, img_size: CifarResNet18(num_classes, in_chans, preact=True),
+            paper="He et al., Identity Mappings in Deep Residual Networks, ECCV 2016",
         )
     )

@@ -63,7 +63,7 @@ def run(ctx: RunContext) -> RunOutput:
 
     log = train(
         model, x, y, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate,
+        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate, compile_model=ctx.compile_model,
     )
     logits = predict(model, data.test_x, normalizer=normalizer, device=ctx.device)
     class_acc = per_class_accuracy(logits, data.test_y, k)

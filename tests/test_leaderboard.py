@@ -49,9 +49,40 @@ def test_mean_std_n_rank_and_failures(store):
     focal = by_name["focal"].metrics["top1"]
     assert focal["mean"] == pytest.approx(0.71) and focal["std"] == pytest.approx(statistics.stdev([0.70, 0.71, 0.72])) and focal["n"] == 3
     assert [e.method for e in board.entries] == ["focal", "ldam", "ce", "broken"]
-    assert [e.rank for e in board.entries] == [1, 2, 3, None]
-    assert by_name["ldam"].ok == 3 and by_name["ldam"].not_ok == 1
-    assert by_name["broken"].ok == 0 and by_name["broken"].not_ok == 1
+    # focal's 95% CI [0.685, 0.735] overlaps ldam's [0.689, 0.718]: tied; ce's [0.570, 0.670] is below both
+    assert [e.rank for e in board.entries] == [1, 1, 2, None]
+    assert by_name["ldam"].ok == 3 and by_name["ldam"].not_ok == 1 and by_name["ldam"].diverged == 0
+    assert by_name["broken"].ok == 0 and by_name["broken"].not_ok == 1 and by_name["broken"].diverged == 1
+
+
+def test_confidence_interval_and_paired_test_against_the_baseline(store):
+    (board,) = [b for b in boards(store, variant="ratio=100") if b.protocol["suite_version"] == "1"]
+    assert board.baseline == "ce"  # the installed long_tail suite's baseline
+    by_name = {e.method: e for e in board.entries}
+    focal = by_name["focal"].metrics["top1"]
+    half = 4.302652729749464 * 0.01 / 3**0.5  # t(0.975, 2) * s / sqrt(n)
+    assert focal["ci_low"] == pytest.approx(0.71 - half) and focal["ci_high"] == pytest.approx(0.71 + half)
+    # focal - ce per seed: 0.10, 0.09, 0.08 -> mean 0.09, sd 0.01, t = 15.588, df 2 -> p = 0.00409
+    test = by_name["focal"].baseline_test
+    assert test.n_pairs == 3 and test.mean_diff == pytest.approx(0.09) and test.p == pytest.approx(0.004090, abs=2e-6)
+    assert by_name["ce"].baseline_test is None and by_name["broken"].baseline_test is None
+    # ldam has a failed 4th seed: only the 3 ok seeds pair with ce
+    assert by_name["ldam"].baseline_test.n_pairs == 3
+
+
+def test_pairs_use_matching_seeds_only(tmp_path):
+    store = ResultStore(tmp_path)
+    for seed, v in ((0, 0.5), (1, 0.6), (2, 0.7)):
+        store.write(fake_record(entry="ce", seed=seed, value=v))
+    for seed, v in ((1, 0.65), (2, 0.76), (7, 0.1)):  # seed 7 has no ce partner
+        store.write(fake_record(entry="focal", seed=seed, value=v))
+    store.sync()
+    (board,) = boards(store, baselines={"long_tail": "ce"})
+    test = next(e for e in board.entries if e.method == "focal").baseline_test
+    assert test.n_pairs == 2 and test.mean_diff == pytest.approx(0.055)
+    (board,) = boards(store, baselines={})  # an uninstalled suite: no baseline, no p-values
+    assert board.baseline is None and all(e.baseline_test is None for e in board.entries)
+    assert "p vs baseline" in render([board], "table")
 
 
 def test_lower_is_better_ranks_ascending_and_ties_share_a_rank(tmp_path):
@@ -68,6 +99,10 @@ def test_json_has_one_object_per_row_with_the_required_fields(store):
     assert {"suite", "variant", "method", "metric", "mean", "std", "n", "rank"} <= set(rows[0])
     focal = next(r for r in rows if r["method"] == "focal" and r["suite_version"] == "1")
     assert focal["metric"] == "top1" and focal["rank"] == 1 and focal["n"] == 3
+    assert focal["ci_low"] < 0.71 < focal["ci_high"] and focal["baseline"] == "ce" and focal["n_pairs"] == 3
+    assert focal["p_vs_baseline"] == pytest.approx(0.00409, abs=1e-5) and focal["diverged"] == 0
+    ce = next(r for r in rows if r["method"] == "ce" and r["suite_version"] == "1")
+    assert ce["p_vs_baseline"] is None and ce["rank"] == 2
     assert focal["metrics"]["few_shot"]["mean"] == pytest.approx(0.355)
 
 
@@ -75,8 +110,11 @@ def test_csv_markdown_and_table(store):
     selected = boards(store, variant="ratio=100")
     rows = list(csv.DictReader(io.StringIO(render(selected, "csv"))))
     assert float(next(r for r in rows if r["method"] == "focal" and r["suite_version"] == "1")["top1_mean"]) == pytest.approx(0.71)
+    focal = next(r for r in rows if r["method"] == "focal" and r["suite_version"] == "1")
+    assert float(focal["p_vs_baseline"]) == pytest.approx(0.00409, abs=1e-5) and focal["n_pairs"] == "3" and focal["ci_low"]
     md = render(selected, "markdown")
     assert "| rank" in md and "0.7100 ± 0.0100" in md and md.startswith("### long_tail v1")
+    assert "[0.6852, 0.7348]" in md and "0.004 (n=3)" in md and "+0.0900" in md and "Student t" in md
     table = render(selected, "table")
     assert "top1 ↑" in table and "|" not in table.splitlines()[2]
     assert table.index("top1") < table.index("few_shot")  # primary metric first
