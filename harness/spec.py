@@ -153,8 +153,10 @@ def _method_component(catalog: Catalog, name: str, params: dict[str, Any]) -> tu
 
 
 def default_entries(catalog: Catalog, suite: Suite) -> list[str]:
-    """Every installed method of a kind the suite ranks (alone; other kinds get the baseline loss)."""
-    return [m.name for m in catalog.methods if m.kind in suite.ranks]
+    """Every installed method of the suite's default kinds (alone; an entry without a loss trains
+    with the suite's baseline loss)."""
+    kinds = suite.default_kinds or suite.ranks
+    return [m.name for m in catalog.methods if m.kind in kinds]
 
 
 def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list[RunSpec]]:

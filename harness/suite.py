@@ -115,6 +115,10 @@ class Suite:
     run: Callable[[RunContext], RunOutput]
     card: str = ""  # protocol details in markdown: thresholds, sources, what is fixed
     default_seeds: int = 3
+    # kinds whose installed methods form the default entries of `harness run` without method=
+    # (default: every kind in `ranks`); e.g. an OOD suite ranks losses too, but by default runs
+    # only its TTA methods
+    default_kinds: tuple[str, ...] = ()
     plugin: str = ""
     plugin_version: str = ""
 
