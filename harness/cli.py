@@ -20,6 +20,8 @@ examples:
   harness run suite=long_tail                         every installed loss, 3 seeds, scale=tiny
   harness run suite=long_tail method=ce,focal,ldam_drw ratio=10,100 seeds=5
   harness run suite=long_tail method=focal focal.gamma=0.5,1,2 epochs=30
+  harness run suite=long_tail jobs=2 timeout=600           2 worker processes, 10 min per run
+  harness run suite=long_tail executor=ray address=auto     on a Ray cluster
   harness leaderboard suite=long_tail format=markdown
   harness list methods
   harness show RUN_ID
@@ -57,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if "format" in overrides and overrides["format"] not in _formats():
         raise HarnessError(f"bad value {overrides['format']!r} for format: expected one of {', '.join(_formats())}")
+    exec_options(overrides)  # validate before loading plugins or training
     catalog = _load_catalog()
     suite, specs = build_grid(catalog, overrides)
     from harness.engine import resolve_device
@@ -67,13 +70,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = resolve_device(overrides.get("device", "auto"))
     store = ResultStore(_results_dir(overrides))
     catalog.pm.register(ProgressDisplay(), name="harness-progress")
-    report = run_grid(catalog, suite, specs, store, device=device)
+    report = run_grid(catalog, suite, specs, store, device=device, options=exec_options(overrides))
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if report.interrupted:
         return 130
     _print_leaderboard(store, suite=suite.name, scale=specs[0].scale, variants={s.variant_label for s in specs}, fmt=overrides.get("format", "table"))
     return 0
+
+
+def exec_options(overrides: dict[str, str]) -> Any:
+    """`jobs`, `executor`, `address`, `timeout`, `retries`: how the grid runs, not what it is."""
+    from harness.params import Param
+    from harness.runner import ExecOptions
+
+    executor = Param("executor", str, "local", choices=("local", "ray")).parse(overrides.get("executor", "local"), where="executor")
+    jobs = Param("jobs", int, 1, low=1, high=512).parse(overrides.get("jobs", "1"), where="jobs")
+    timeout = Param("timeout", float, 1.0, low=0.001).parse(overrides["timeout"], where="timeout") if "timeout" in overrides else None
+    retries = Param("retries", int, 1, low=0, high=100).parse(overrides.get("retries", "1"), where="retries")
+    if "address" in overrides and executor != "ray":
+        raise HarnessError("address= is the Ray cluster address; it needs executor=ray")
+    compile_model = Param("compile", bool, False).parse(overrides.get("compile", "false"), where="compile")
+    return ExecOptions(executor=executor, jobs=jobs, timeout_s=timeout, retries=retries, address=overrides.get("address"), compile_model=compile_model)
 
 
 def _formats() -> tuple[str, ...]:
@@ -217,6 +235,57 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from harness.site import publish
+    from harness.spec import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"out", "results"}, "publish")
+    report = publish(_results_dir(overrides), Path(overrides.get("out") or "site"), catalog=_load_catalog())
+    print(f"published {report.pages} page(s) for {report.runs} run(s) to {report.out}/ (open {report.out / 'index.html'})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import BENCHMARKS, machine_description, render_rows, run_benchmarks
+    from harness.params import Param
+    from harness.spec import parse_overrides, split_values
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"only", "repeats", "out"}, "bench")
+    only = split_values(overrides.get("only", ",".join(BENCHMARKS)))
+    unknown = [b for b in only if b not in BENCHMARKS]
+    if unknown:
+        raise HarnessError(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
+    repeats = Param("repeats", int, 5, low=1, high=100).parse(overrides.get("repeats", "5"), where="repeats")
+    rows = run_benchmarks(only, repeats, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    text = f"machine: {machine_description()}\nmedians of {repeats} interleaved repeats\n\n{render_rows(rows)}"
+    print(text)
+    if "out" in overrides:
+        Path(overrides["out"]).write_text(f"machine: {machine_description()}\n\nmedians of {repeats} interleaved repeats\n\n{render_rows(rows, 'markdown')}\n")
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from harness.scaffold import SCAFFOLD_KINDS, new_plugin, plugin_names
+    from harness.spec import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"kind", "dir"}, "new-plugin")
+    kind = overrides.get("kind", "loss")
+    if kind not in SCAFFOLD_KINDS:
+        raise HarnessError(f"bad value {kind!r} for kind: expected one of {', '.join(SCAFFOLD_KINDS)}")
+    target = new_plugin(args.name, kind=kind, directory=Path(overrides["dir"]) if "dir" in overrides else None)
+    names = plugin_names(args.name)
+    print(f"created {target}/ with the {kind} method {names.method!r} (package {names.package}, entry point {names.entry_point!r})\n")
+    print("next steps:")
+    print(f"  pip install -e {target}")
+    print(f"  harness list methods '{names.method}'")
+    print(f"  harness run suite=long_tail method=ce,{names.method} seeds=1" if kind in {"loss", "augmentation"} else "  (no installed suite ranks this kind yet; `harness list suites` shows what each ranks)")
+    print(f"  cd {target} && python -m pytest -q")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +321,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="merge result folders or databases into one database (de-duplicated by run id)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="result folders (holding runs/) or .duckdb files; results=DIR names the target")
     p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("publish", help="write a self-contained static leaderboard site", description="Keys: out=DIR (default site), results=DIR. Open DIR/index.html from disk or any static host; no network needed.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("bench", help="measure the speed targets side by side (medians and ratios)", description="Keys: only=engine,pipeline,sweep,cache,leaderboard,startup (default all), repeats=N (default 5), out=FILE.md.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("new-plugin", help="create a plugin package with an example method, ready to pip install", description="Write ./NAME (or dir=PATH): pyproject with the harness entry point, a module with one example method, its test (the conformance kit) and a README. Keys: kind=loss|augmentation|merging|unlearning|tta (default loss), dir=PATH.")
+    p.add_argument("name", help="the distribution name, e.g. my-methods (lowercase letters, digits, '-')")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_new_plugin)
     return parser
 
 

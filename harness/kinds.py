@@ -12,9 +12,11 @@ interface below:
 | merging       | `Merging`                  | `merge(base, experts, ctx) -> state_dict`               |
 | unlearning    | `Unlearning`               | `unlearn(model, forget, retain, ctx) -> model`          |
 | tta           | `TestTimeAdaptation`       | `adapt(model, ctx) -> Adapter`; `adapter(x)`, `adapter.reset()` |
+| strategy      | `Strategy`                 | per task: `train_tasks(seen)`, `before_task(model, task)`, then per batch `batch(x, y, generator)` and `penalty(model, x, logits)`, then `after_task(model, task)` |
 
 Only the loss kind is driven by the long-tail suite today; the other interfaces are fixed here
-so later suites plug in without changing the core.
+so later suites plug in without changing the core. The continual suite drives `strategy` (and,
+in its merging protocol, `merging`); it also trains with the loss and augmentation kinds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 
 from harness.params import Param
 
-KINDS: tuple[str, ...] = ("loss", "augmentation", "merging", "unlearning", "tta")
+KINDS: tuple[str, ...] = ("loss", "augmentation", "merging", "unlearning", "tta", "strategy")
 
 
 @dataclass(frozen=True)
@@ -216,3 +218,67 @@ class TestTimeAdaptation:
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# strategy (continual learning)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a continual stream: uint8 training images, labels, and the classes it holds.
+
+    `classes` are the labels the task's samples carry (class-incremental: its own classes;
+    domain-incremental and permuted streams: every class).
+    """
+
+    index: int
+    x: torch.Tensor  # uint8 [N, C, H, W], already transformed for the task (rotation, permutation)
+    y: torch.Tensor  # int64 [N]
+    classes: tuple[int, ...]
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy may know when it is built. `normalize(x_uint8) -> float` is the stream's
+    fixed input normalisation (the tensors the model sees); `seed` drives the strategy's draws."""
+
+    num_classes: int
+    num_tasks: int
+    epochs: int  # per task
+    batch_size: int
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    device: str = "cpu"
+    seed: int = 0
+
+
+class Strategy:
+    """A continual-learning strategy: what the model trains on, and how, task after task.
+
+    The suite trains one model through the tasks in order. For task t it calls
+    `train_tasks(seen)` (which tasks' data the engine trains on; `seen` = tasks 0..t), then
+    `before_task(model, task)`, trains with the engine (each batch passes through
+    `batch(x, y, generator)` after the augmentation, and `penalty(model, x, logits)` is added to
+    the loss), and finally `after_task(model, task)` (consolidation: Fisher, anchors, buffers).
+    `x` in the batch hooks is the normalised float batch the model sees; `y` is int64 or soft
+    float targets. Every hook has a no-op default, so the empty strategy is naive fine-tuning.
+    """
+
+    def train_tasks(self, seen: list[Task]) -> list[Task]:
+        """The tasks whose training data the engine trains on now (default: the current one)."""
+        return seen[-1:]
+
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        """Called before training on `task` (the model holds the weights after the previous task)."""
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Change a training batch (e.g. append replayed samples); default: unchanged."""
+        return x, y
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the batch's training loss (regularisation, distillation); default: none."""
+        return None
+
+    def after_task(self, model: nn.Module, task: Task) -> None:
+        """Called after training on `task` (the model holds its final weights for the task)."""

@@ -39,7 +39,7 @@ class Param:
             raise ValueError(
                 f"hyper-parameter {self.name!r} has type {self.type!r}; use float, int, bool or str"
             )
-        self.check(self.default, where="default of")
+        self.check(self.default, where=f"the default of {self.name}")
 
     @property
     def type_name(self) -> str:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from harness.suite import Suite
 
 SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries", "compile"}
-KIND_ORDER = ("loss", "augmentation", "merging", "unlearning", "tta")
+KIND_ORDER = ("loss", "augmentation", "merging", "unlearning", "tta", "strategy")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -87,17 +87,20 @@ class RunSpec:
 
     @property
     def entry(self) -> str:
-        """The leaderboard entry: method names joined by '+', non-default hyper-parameters in brackets."""
+        """The leaderboard entry: method names joined by '+', a method version other than 1 as
+        `@v`, non-default hyper-parameters in brackets — so versions and settings never share a row."""
         parts = []
         for m in self.methods:
             d = dict(m)
             changed = dict(d.get("changed", ()))
-            parts.append(d["name"] + (f"[{','.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""))
+            version = f"@{d['version']}" if str(d.get("version", "1")) != "1" else ""
+            parts.append(d["name"] + version + (f"[{','.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""))
         return "+".join(parts)
 
     @property
     def variant_label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.variant) or "default"
+        """`key=value` of the suite's axes; an axis set to "none" (not applicable) is left out."""
+        return ",".join(f"{k}={v}" for k, v in self.variant if v != "none") or "default"
 
     def method_params(self, kind: str) -> tuple[str, dict[str, Any]] | None:
         for m in self.methods:

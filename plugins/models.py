@@ -17,6 +17,13 @@ def harness_register_models(register):
     )
     register(
         ModelSource(
+            "small_cnn_fc",
+            "two conv-BN-ReLU blocks (16, 32 channels) + a 128-unit fully connected layer: can memorise noisy labels",
+            lambda num_classes, in_chans, img_size: SmallCNN(num_classes, in_chans, img_size, fc_hidden=128),
+        )
+    )
+    register(
+        ModelSource(
             "resnet32",
             "CIFAR ResNet-32 (3 stages of 5 basic blocks, widths 16/32/64): the long-tail literature's model",
             lambda num_classes, in_chans, img_size: CifarResNet(num_classes, in_chans, depth=32),

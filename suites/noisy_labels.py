@@ -1,1 +1,396 @@
-"""(being written)"""
+"""Noisy-label suite: train on corrupted training labels, test on clean test labels.
+
+Noise models (the `noise` axis): symmetric, asymmetric class-pair flips, instance-dependent
+(Xia et al. 2020) and real human noise (CIFAR-10N / CIFAR-100N, Wei et al. 2022) read from a
+local label file. The noisy labels depend only on the run seed (through a generator of their
+own, never the training RNG), so every method of a seed trains on the same labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.engine import Normalizer, predict, train
+from harness.errors import HarnessError
+from harness.hookspecs import hookimpl
+from harness.metrics import accuracy
+from harness.params import Param
+from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
+from harness.training import build_training
+
+NOISE_KINDS = ("sym", "asym", "instance", "human")
+ASYM_MAX_RATE = 0.5
+
+# ---------------------------------------------------------------------------------------------
+# asymmetric flip pairs
+# ---------------------------------------------------------------------------------------------
+
+# Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach,
+# CVPR 2017, Sec. 6 (used unchanged by GCE, SCE, APL and ELR).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_PAIRS = (("truck", "automobile"), ("bird", "airplane"), ("deer", "horse"), ("cat", "dog"), ("dog", "cat"))
+# Ma et al., Dimensionality-Driven Learning with Noisy Labels, ICML 2018 (and SCE, APL): MNIST.
+MNIST_PAIRS = ((2, 7), (3, 8), (5, 6), (6, 5), (7, 1))
+
+
+def asym_pairs(classes: tuple[str, ...], dataset: str) -> tuple[list[tuple[int, int]], str]:
+    """(source, target) class-index pairs for asymmetric noise, and where they come from."""
+    k = len(classes)
+    names = tuple(c.strip().lower().replace(" ", "_") for c in classes)
+    if names == CIFAR10_CLASSES:
+        index = {c: i for i, c in enumerate(names)}
+        return [(index[a], index[b]) for a, b in CIFAR10_PAIRS], "CIFAR-10 pairs of Patrini et al. 2017: truck->automobile, bird->airplane, deer->horse, cat<->dog"
+    if k == 10 and (names == tuple(str(i) for i in range(10)) or "mnist" in dataset.lower() or dataset == "digits"):
+        return list(MNIST_PAIRS), "MNIST pairs of Ma et al. 2018: 2->7, 3->8, 5<->6, 7->1"
+    if k == 100 and ("cifar100" in dataset.lower().replace("-", "") or "cifar_100" in dataset.lower()):
+        pairs = [(i, (i // 5) * 5 + (i % 5 + 1) % 5) for i in range(k)]
+        return pairs, "CIFAR-100: each class to the next, circularly within blocks of 5 consecutive class indices (Patrini et al. 2017 code, as used by APL and ELR)"
+    return [(i, (i + 1) % k) for i in range(k)], f"no known pair list for {dataset!r}: class i -> (i + 1) mod {k} (the circular flip of Patrini et al.)"
+
+
+# ---------------------------------------------------------------------------------------------
+# noise generators: clean labels [N] -> noisy labels [N], all randomness from `rng`
+# ---------------------------------------------------------------------------------------------
+
+
+def noise_rng(seed: int) -> np.random.Generator:
+    """The noise generator of a run seed: derived from the seed, independent of training's RNG."""
+    digest = hashlib.sha256(f"harness/noisy_labels/noise/{seed}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def symmetric_noise(labels: torch.Tensor, num_classes: int, rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """Exactly round(rate * N) samples, chosen uniformly, get a label drawn uniformly from the K - 1 OTHER classes."""
+    y = labels.numpy().copy()
+    n = len(y)
+    flip = rng.permutation(n)[: round(rate * n)]
+    y[flip] = (y[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
+    return torch.from_numpy(y)
+
+
+def asymmetric_noise(labels: torch.Tensor, pairs: list[tuple[int, int]], rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """In each source class a of (a, b), exactly round(rate * n_a) samples, chosen uniformly, get label b."""
+    clean = labels.numpy()
+    y = clean.copy()
+    for a, b in pairs:
+        members = np.flatnonzero(clean == a)
+        chosen = rng.permutation(members)[: round(rate * len(members))]
+        y[chosen] = b
+    return torch.from_numpy(y)
+
+
+def instance_noise(labels: torch.Tensor, features: torch.Tensor, num_classes: int, rate: float, rng: np.random.Generator, std: float = 0.1) -> torch.Tensor:
+    """Instance-dependent noise of Xia et al., Part-dependent Label Noise, NeurIPS 2020 (Appendix,
+    Algorithm 2 "instance-dependent label noise generation"; their code's get_instance_noisy_label):
+
+    q_i ~ N(rate, std^2) truncated to [0, 1]; W ~ N(0, 1) of shape [K, D, K]; for sample i with
+    label y and flattened features x_i: a = x_i W[y], a_y = -inf, row = q_i softmax(a), row_y = 1 - q_i;
+    the noisy label is drawn from the row. The mean flip rate is E q = rate (for rate away from 0, 1).
+    Features are pixels scaled to [0, 1].
+    """
+    from scipy.stats import truncnorm
+
+    clean = labels.numpy()
+    n = len(clean)
+    lo, hi = (0.0 - rate) / std, (1.0 - rate) / std
+    q = truncnorm.rvs(lo, hi, loc=rate, scale=std, size=n, random_state=rng)
+    x = features.reshape(n, -1).double().div(255.0)
+    w = torch.from_numpy(rng.standard_normal((num_classes, x.shape[1], num_classes)))
+    scores = torch.empty(n, num_classes, dtype=torch.float64)
+    for c in range(num_classes):
+        rows = torch.from_numpy(np.flatnonzero(clean == c))
+        if len(rows):
+            scores[rows] = x[rows] @ w[c]
+    idx = torch.from_numpy(clean)
+    scores[torch.arange(n), idx] = float("-inf")
+    probs = torch.softmax(scores, dim=1) * torch.from_numpy(q).unsqueeze(1)
+    probs[torch.arange(n), idx] = torch.from_numpy(1.0 - q)
+    u = rng.random(n)
+    cdf = probs.cumsum(dim=1).numpy()
+    noisy = (u[:, None] > cdf).sum(axis=1).clip(0, num_classes - 1)
+    return torch.from_numpy(noisy.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# human noise: CIFAR-10N / CIFAR-100N label files (never unpickled)
+# ---------------------------------------------------------------------------------------------
+
+# Wei et al., Learning with Noisy Labels Revisited: A Study Using Real-World Human Annotations,
+# ICLR 2022; keys of the published label dictionaries.
+HUMAN_KEYS = {"aggre": "aggre_label", "rand1": "random_label1", "rand2": "random_label2", "rand3": "random_label3", "worst": "worse_label", "noisy100": "noisy_label"}
+HUMAN_CLASSES = {"aggre": 10, "rand1": 10, "rand2": 10, "rand3": 10, "worst": 10, "noisy100": 100}
+HUMAN_FILE_HELP = (
+    "a local copy of the CIFAR-N labels as .json (an object with the published keys, e.g. "
+    "{\"worse_label\": [...], \"clean_label\": [...]}, or a plain list), .npz (same keys), .npy (one int array) "
+    "or .csv (a header row with the published keys, or one label per line), in the order of the CIFAR "
+    "training set; convert the published CIFAR-10_human.pt / CIFAR-100_human.pt once with your own torch "
+    "(the harness never unpickles files). Labels: http://www.noisylabels.com"
+)
+
+
+def read_label_file(path: Path, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(noisy labels, clean labels if the file has them) from a JSON/.npz/.npy/.csv label file."""
+    if not path.is_file():
+        raise HarnessError(f"noise=human needs {HUMAN_FILE_HELP}; {path} does not exist")
+    suffix = path.suffix.lower()
+    table: dict[str, np.ndarray] = {}
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, list):
+                table[key] = np.asarray(data)
+            elif isinstance(data, dict):
+                table = {k: np.asarray(v) for k, v in data.items() if isinstance(v, list)}
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                table = {k: npz[k] for k in npz.files}
+        elif suffix == ".npy":
+            table[key] = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+            if rows and not rows[0][0].strip().lstrip("-").isdigit():
+                header, body = [h.strip() for h in rows[0]], rows[1:]
+                table = {h: np.asarray([int(r[i]) for r in body]) for i, h in enumerate(header)}
+            else:
+                table[key] = np.asarray([int(r[0]) for r in rows])
+        else:
+            raise HarnessError(f"noise_file {path}: unsupported suffix {suffix!r}; noise=human needs {HUMAN_FILE_HELP}")
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"noise_file {path} could not be read ({exc}); noise=human needs {HUMAN_FILE_HELP}") from None
+    if key not in table:
+        raise HarnessError(f"noise_file {path} has no {key!r} labels (found: {', '.join(sorted(table)) or 'none'}); noise=human needs {HUMAN_FILE_HELP}")
+    noisy = np.asarray(table[key])
+    if noisy.ndim != 1 or not np.issubdtype(noisy.dtype, np.integer):
+        raise HarnessError(f"noise_file {path}: {key!r} must be a flat list of integer labels, got {noisy.dtype} {noisy.shape}")
+    clean = table.get("clean_label")
+    return noisy.astype(np.int64), (np.asarray(clean).astype(np.int64) if clean is not None else None)
+
+
+def human_noise(labels: torch.Tensor, num_classes: int, human: str, noise_file: str) -> tuple[torch.Tensor, str]:
+    """The CIFAR-N labels of `human`, checked against the training split; also the file's sha256."""
+    if noise_file == "none":
+        raise HarnessError(f"noise=human needs noise_file=PATH: {HUMAN_FILE_HELP}")
+    if HUMAN_CLASSES[human] != num_classes:
+        which = "CIFAR-100 (dataset=cifar100)" if human == "noisy100" else "CIFAR-10 (dataset=cifar10)"
+        raise HarnessError(f"human={human} labels are for {which}, but the dataset has {num_classes} classes")
+    path = Path(noise_file).expanduser()
+    noisy, clean = read_label_file(path, HUMAN_KEYS[human])
+    if len(noisy) != len(labels):
+        raise HarnessError(f"noise_file {path} has {len(noisy)} labels but the training split has {len(labels)}: the CIFAR-N labels cover the full CIFAR training set in its original order")
+    if noisy.min() < 0 or noisy.max() >= num_classes:
+        raise HarnessError(f"noise_file {path}: labels must lie in [0, {num_classes})")
+    if clean is not None and not np.array_equal(clean, labels.numpy()):
+        raise HarnessError(f"noise_file {path}: its clean_label column does not match the training split's labels (different sample order?)")
+    return torch.from_numpy(noisy), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the noise did, and the metrics on the noisy training samples
+# ---------------------------------------------------------------------------------------------
+
+
+def transition_matrix(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Empirical T[i, j] = #(clean i, noisy j) / #(clean i), float64 [K, K]; a class without samples gets an identity row."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((clean.long(), noisy.long()), torch.ones(len(clean), dtype=torch.float64), accumulate=True)
+    totals = counts.sum(dim=1, keepdim=True)
+    eye = torch.eye(num_classes, dtype=torch.float64)
+    return torch.where(totals > 0, counts / totals.clamp_min(1.0), eye)
+
+
+def noisy_sample_fit(pred: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[float, float]:
+    """Over the training samples whose noisy label differs from the clean one: the share predicted
+    as their (wrong) noisy label (memorisation) and the share predicted as their clean label."""
+    wrong = noisy != clean
+    if not bool(wrong.any()):
+        return float("nan"), float("nan")
+    p = pred[wrong]
+    return float((p == noisy[wrong]).float().mean()), float((p == clean[wrong]).float().mean())
+
+
+def make_noisy_labels(variant: dict, clean: torch.Tensor, features: torch.Tensor, classes: tuple[str, ...], dataset: str, seed: int) -> tuple[torch.Tensor, dict]:
+    """Validate the variant and draw the noisy labels of a seed; also facts for the run's info."""
+    noise, rate, human, noise_file = variant["noise"], variant["rate"], variant["human"], variant["noise_file"]
+    k = len(classes)
+    if noise != "human" and (human != "none" or noise_file != "none"):
+        raise HarnessError(f"human= and noise_file= apply to noise=human only (got noise={noise})")
+    if not 0.0 <= rate < 1.0:
+        raise HarnessError(f"rate={rate} must lie in [0, 1)")
+    info: dict = {"noise": noise}
+    rng = noise_rng(seed)
+    if noise == "sym":
+        noisy = symmetric_noise(clean, k, rate, rng)
+    elif noise == "asym":
+        if rate > ASYM_MAX_RATE:
+            raise HarnessError(f"noise=asym needs rate in [0, {ASYM_MAX_RATE}] (beyond 0.5 the flipped class becomes the majority); got {rate}")
+        pairs, source = asym_pairs(classes, dataset)
+        noisy = asymmetric_noise(clean, pairs, rate, rng)
+        info.update(flip_pairs=[[a, b] for a, b in pairs], flip_pairs_source=source)
+    elif noise == "instance":
+        noisy = instance_noise(clean, features, k, rate, rng)
+    else:
+        if human == "none":
+            raise HarnessError(f"noise=human needs human=LABELSET, one of {', '.join(HUMAN_KEYS)} (and noise_file=PATH)")
+        if rate != RATE_DEFAULT:
+            raise HarnessError(f"rate does not apply to noise=human (the human labels fix the noise); leave it at its default {RATE_DEFAULT}")
+        noisy, digest = human_noise(clean, k, human, noise_file)
+        info.update(human=human, noise_file_sha256=digest)
+    return noisy, info
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------------------
+
+
+def run(ctx: RunContext) -> RunOutput:
+    spec, recipe = ctx.spec, ctx.spec.recipe_dict()
+    variant = dict(spec.variant)
+    data = ctx.load_dataset(recipe["dataset"])
+    k = data.num_classes
+    x, clean = data.train_x, data.train_y
+    noisy, noise_info = make_noisy_labels(variant, clean, x, data.classes, recipe["dataset"], spec.seed)
+    wrong = noisy != clean
+    counts = torch.bincount(noisy, minlength=k).tolist()  # what the loss sees: the noisy label counts
+
+    torch.manual_seed(spec.seed)  # model initialisation
+    setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(noisy))
+    normalizer = Normalizer.fit(x)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        test = accuracy(predict(m, data.test_x, normalizer=normalizer, device=ctx.device), data.test_y)
+        pred = predict(m, x, normalizer=normalizer, device=ctx.device).argmax(1)
+        memorised, recovered = noisy_sample_fit(pred, clean, noisy)
+        return {"clean_top1": test, "memorisation": memorised, "clean_recovery": recovered}
+
+    log = train(
+        setup.model, x, noisy, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
+        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate,
+    )
+    final = evaluate(setup.model)
+    train_pred = predict(setup.model, x, normalizer=normalizer, device=ctx.device).argmax(1)
+    matrix = transition_matrix(clean, noisy, k)
+    realised = float(wrong.float().mean())
+    return RunOutput(
+        metrics={
+            "clean_top1": final["clean_top1"],
+            "memorisation": final["memorisation"],
+            "clean_recovery": final["clean_recovery"],
+            "noisy_train_fit": float((train_pred == noisy).float().mean()),
+        },
+        series={
+            "clean_top1_per_epoch": log.curves["clean_top1"],
+            "memorisation_per_epoch": log.curves["memorisation"],
+            "clean_recovery_per_epoch": log.curves["clean_recovery"],
+            "train_loss": log.train_loss,
+            "transition_matrix": matrix.flatten().tolist(),
+        },
+        info={
+            **noise_info,
+            "rate": variant["rate"],
+            "realised_noise_rate": realised,
+            "num_noisy": int(wrong.sum()),
+            "num_classes": k,
+            "train_size": len(noisy),
+            "noisy_class_counts": counts,
+            "transition_matrix_layout": "row-major K x K, T[i][j] = P(noisy j | clean i), empirical",
+        },
+    )
+
+
+RATE_DEFAULT = 0.5
+
+CARD = """\
+**Scenario.** The training labels are corrupted by one noise model (`noise`), the test labels are
+clean. The noisy labels are drawn by a generator seeded from the run seed alone (independent of
+the training RNG): every method of a seed sees the same noisy labels, and each seed is a new
+draw. The realised noise rate and the empirical K x K transition matrix T[i, j] =
+P(noisy j | clean i) (series `transition_matrix`, row-major) are stored with every run.
+
+- `noise=sym` (rates 0.2, 0.5, 0.8): exactly round(rate * N) samples, chosen uniformly, get a label
+  drawn uniformly from the K - 1 *other* classes (realised rate = rate).
+- `noise=asym` (rates 0.2, 0.4; any rate in [0, 0.5] is accepted): in each source class exactly
+  round(rate * n) samples flip to the paired class. CIFAR-10 (by class names): truck->automobile,
+  bird->airplane, deer->horse, cat<->dog (Patrini et al., CVPR 2017); MNIST-like digits
+  (mnist5k, mnist, digits): 2->7, 3->8, 5<->6, 7->1 (Ma et al., ICML 2018); CIFAR-100: each class
+  to the next within blocks of 5 consecutive class indices (Patrini et al.'s code, as used by
+  APL and ELR); any other data set: class i -> (i + 1) mod K (the circular flip, not a
+  published protocol for that data set). Only source classes flip, so the realised overall
+  rate is rate x (share of samples in source classes), e.g. rate/2 on CIFAR-10.
+- `noise=instance` (rates 0.2, 0.4): instance-dependent noise generated as in Xia et al.,
+  "Part-dependent Label Noise: Towards Instance-dependent Label Noise", NeurIPS 2020 (Algorithm 2
+  of the appendix and their `get_instance_noisy_label`): per-sample flip rate q_i from N(rate,
+  0.1^2) truncated to [0, 1]; W ~ N(0, 1) with one [D, K] projection per class; the flip goes to
+  class j != y with probability q_i softmax_j(x_i W[y]) (x_i the pixels scaled to [0, 1]).
+- `noise=human`: real human annotations of CIFAR-10N (`human=aggre|rand1|rand2|rand3|worst`) or
+  CIFAR-100N (`human=noisy100`), Wei et al., ICLR 2022, read from a local label file given by
+  `noise_file=PATH` (.json, .npz, .npy or .csv, converted once from the published .pt; never
+  unpickled); `rate` does not apply. Needs `scale=paper` (the full CIFAR training set in its
+  original order); a `clean_label` column in the file is checked against the data set.
+
+**Metrics.** Clean test top-1 at the last epoch (primary; no epoch is selected on the test set);
+over the training samples whose label was corrupted: memorisation (share predicted as their
+wrong label; lower is better) and clean recovery (share predicted as their true label); the
+share of all training samples predicted as their noisy label. Per-epoch curves of clean test
+accuracy, memorisation and clean recovery show early learning followed by memorisation.
+
+**scale=tiny.** MNIST 5k (4000 training images), 20 epochs, batch 128, SGD (momentum 0.9,
+Nesterov, weight decay 5e-4), peak lr 0.05, 1 warm-up epoch then linear decay to 0, no
+augmentation. The model must be able to memorise: measured at sym 0.5 (2 CPU threads per run), a
+two-conv BN CNN (16/32 channels) with a flattened 1568 -> 128 -> 10 head has cross-entropy peak
+at ~0.90 clean accuracy, then memorise ~70% of the wrong labels and end at ~0.63-0.70, while GCE,
+ELR and NCE+RCE end at 0.93-0.96. That model is `small_cnn_fc`; the globally pooled `small_cnn`
+does NOT memorise in this budget (cross-entropy keeps 0.93, memorisation ~1%), so it is not used.
+
+**scale=paper.** CIFAR-10 (or `dataset=cifar100`), 120 epochs, batch 128, SGD lr 0.02 momentum
+0.9 weight decay 1e-3, lr x0.01 at epochs 40 and 80, random crop + flip: the CIFAR-10 recipe of
+ELR (Liu et al., NeurIPS 2020, Sec. 5 and their config_cifar10.json), which trains a CIFAR
+ResNet-34; this card uses the CIFAR PreAct ResNet-18 (`preact_resnet18`, the model of DivideMix,
+Li et al., ICLR 2020, for the same benchmark); `model=` overrides it.
+"""
+
+
+@hookimpl
+def harness_register_suites(register):
+    register(
+        Suite(
+            name="noisy_labels",
+            version="1",
+            summary="training under label noise (symmetric, asymmetric, instance-dependent, human): clean test top-1 and memorisation",
+            ranks=("loss", "augmentation"),
+            baseline="ce",
+            metrics=(
+                Metric("clean_top1", True, "top-1 accuracy on the clean test set at the last epoch"),
+                Metric("memorisation", False, "share of corrupted training samples predicted as their wrong (noisy) label"),
+                Metric("clean_recovery", True, "share of corrupted training samples predicted as their clean label"),
+                Metric("noisy_train_fit", False, "share of all training samples predicted as their noisy label"),
+            ),
+            primary="clean_top1",
+            axes=(
+                Param("noise", str, "sym", "noise model", choices=NOISE_KINDS),
+                Param("rate", float, RATE_DEFAULT, "noise rate in [0, 1) (asym: [0, 0.5]; not used by human)", low=0.0, high=1.0),
+                Param("human", str, "none", "CIFAR-N label set for noise=human", choices=("none", *HUMAN_KEYS)),
+                Param("noise_file", str, "none", "path of the local CIFAR-N label file for noise=human (.json/.npz/.npy/.csv)"),
+            ),
+            scales={
+                "tiny": Recipe(
+                    dataset="mnist5k", model="small_cnn_fc", epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
+                    source="harness tiny recipe (DESIGN.md: measured on 2 CPU cores)",
+                ),
+                "paper": Recipe(
+                    dataset="cifar10", model="preact_resnet18", epochs=120, batch_size=128, lr=0.02, weight_decay=1e-3, nesterov=False,
+                    schedule="step", milestones=(40, 80), lr_decay=0.01, crop_flip=True,
+                    source="Liu et al., ELR, NeurIPS 2020 (CIFAR-10 recipe; ResNet-34 there, PreAct ResNet-18 here as in DivideMix)",
+                ),
+            },
+            run=run,
+            card=CARD,
+        )
+    )

@@ -99,7 +99,7 @@ def test_canonical_json_round_trips(catalog):
     ("args", "error", "fragment"),
     [
         (["suite=long_tial"], UnknownNameError, "did you mean 'long_tail'"),
-        (["method=ce"], HarnessError, "which suite? add suite=NAME; installed suites: long_tail"),
+        (["method=ce"], HarnessError, "which suite? add suite=NAME; installed suites: "),
         (["suite=long_tail", "method=focla"], UnknownNameError, "did you mean 'focal'"),
         (["suite=long_tail", "ratoi=10"], HarnessError, "did you mean ratio"),
         (["suite=long_tail", "ratio=ten"], HarnessError, "bad value 'ten' for ratio: expected a int >= 1"),
@@ -118,3 +118,21 @@ def test_bad_input_fails_before_training_with_a_useful_message(catalog, args, er
     with pytest.raises(error) as info:
         grid(catalog, *args)
     assert fragment in str(info.value)
+
+
+def test_a_method_version_other_than_1_shows_in_the_entry():
+    from harness.spec import RunSpec
+
+    def spec(version):
+        method = {"name": "poly1", "kind": "loss", "version": version, "params": {}, "changed": {}}
+        return RunSpec.from_canonical({"suite": "long_tail", "suite_version": "1", "scale": "tiny", "variant": {"ratio": 100}, "methods": [method], "seed": 0, "recipe": {}})
+
+    assert spec("1").entry == "poly1" and spec("2").entry == "poly1@2"
+    assert spec("1").run_id != spec("2").run_id
+
+
+def test_axes_set_to_none_are_left_out_of_the_variant_label():
+    from harness.spec import RunSpec
+
+    spec = RunSpec.from_canonical({"suite": "s", "suite_version": "1", "scale": "tiny", "variant": {"noise": "sym", "rate": 0.5, "human": "none"}, "methods": [], "seed": 0, "recipe": {}})
+    assert spec.variant_label == "noise=sym,rate=0.5"
