@@ -8,7 +8,7 @@ uint8 tensors resident on the GPU (the hub cannot be reached from the GPU machin
 not change the arithmetic. It also counts host synchronisations inside the training step with
 `torch.cuda.set_sync_debug_mode`: the engine reads the loss once per epoch and nothing else.
 
-    python benchmarks/gpu_throughput.py            # needs a CUDA device; prints a markdown table
+    python benchmarks/gpu_throughput.py [--no-compile]   # needs a CUDA device; prints a markdown table
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def measure(build, x, y, *, batch_size: int, epochs: int, use_bf16: bool, compil
     recipe = {"epochs": epochs, "batch_size": batch_size, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False,
               "schedule": "step", "warmup_epochs": 0, "milestones": [], "lr_decay": 0.01, "crop_flip": True}
     normalizer = Normalizer.fit(x[:1000].cpu())
-    device = "cuda" if use_bf16 else "cuda-fp32"
     torch.manual_seed(0)
     model = build()
     times: list[float] = []
@@ -54,12 +53,7 @@ def measure(build, x, y, *, batch_size: int, epochs: int, use_bf16: bool, compil
         times.append(time.perf_counter())
 
     start = time.perf_counter()
-    if use_bf16:
-        train(model, x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda", on_epoch=on_epoch, compile_model=compile_model)
-    else:  # the engine enables bf16 autocast on CUDA; fp32 for comparison turns it off by hand
-        with torch.autocast("cuda", enabled=False):
-            train(model, x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda", on_epoch=on_epoch, compile_model=compile_model)
-    del device
+    train(model, x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda", on_epoch=on_epoch, compile_model=compile_model, amp=use_bf16)
     # the first epoch includes warm-up (cuDNN autotuning, compilation): report the later ones
     steady = [b - a for a, b in zip([start, *times], times)][1:]
     return len(y) / (sum(steady) / len(steady))
@@ -81,7 +75,13 @@ def count_syncs_per_epoch(x, y) -> int:
     return len(syncs) // recipe["epochs"]
 
 
+MODES = ((False, False), (True, False), (True, True))  # (bf16 autocast, torch.compile)
+
+
 def main() -> None:
+    global MODES
+    if "--no-compile" in sys.argv:
+        MODES = tuple(m for m in MODES if not m[1])
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
     torch.backends.cudnn.benchmark = True
@@ -94,9 +94,9 @@ def main() -> None:
         ("ResNet-18, CIFAR-10 (50,000 img), batch 128", lambda: CifarResNet18(10, 3), c10_x, c10_y, 128, 3),
         ("ResNet-18, CIFAR-10 (50,000 img), batch 512", lambda: CifarResNet18(10, 3), c10_x, c10_y, 512, 3),
     ):
-        for bf16, comp in ((False, False), (True, False), (True, True)):
+        for bf16, comp in MODES:
             ips = measure(build, x, y, batch_size=bs, epochs=epochs, use_bf16=bf16, compile_model=comp)
-            mode = ("bf16 autocast + channels-last" if bf16 else "fp32") + (" + torch.compile" if comp else "")
+            mode = ("bf16 autocast" if bf16 else "fp32") + " + channels-last" + (" + torch.compile" if comp else "")
             rows.append((label, mode, ips, len(y) / ips))
             print(f"{label} | {mode} | {ips:,.0f} img/s | {len(y) / ips:.2f} s/epoch", file=sys.stderr, flush=True)
     syncs = count_syncs_per_epoch(lt_x, lt_y)

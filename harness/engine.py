@@ -100,13 +100,15 @@ def train(
     on_epoch: Callable[[int, int, float], None] = lambda e, n, loss: None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     compile_model: bool = False,
+    amp: bool = True,
 ) -> TrainLog:
     """Train `model` in place on (x uint8, y) for recipe['epochs'] epochs; return the log.
 
     `loss_fn(logits, targets, index)` must have `start_epoch(epoch)` (harness.kinds.Loss).
     `evaluate`, if given, is called after every epoch and its numbers become per-epoch curves
     (for plots only: nothing is selected by them). Raises RunDiverged when the loss is not finite.
-    `compile_model` runs the training forward pass through `torch.compile`.
+    `compile_model` runs the training forward pass through `torch.compile`; `amp=False` keeps
+    CUDA training in float32 (bf16 autocast is the default on CUDA).
 
     The step has no host synchronisation: the loss is accumulated on the device and read once
     per epoch (the divergence check), the learning rate is a Python float.
@@ -152,7 +154,7 @@ def train(
                 xb = xb.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps_per_epoch, recipe)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and amp):
                 logits = forward(xb)
             if len(yb) != len(index):  # the augmentation appended copies: per-sample state is undefined for them
                 index = torch.cat([index, index.new_full((len(yb) - len(index),), -1)])

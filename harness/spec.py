@@ -219,6 +219,14 @@ def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list
 
     specs: list[RunSpec] = []
     for variant, recipe_changes, components, seed in itertools.product(axis_grid, recipe_grid, [c for cs in entry_components for c in cs], seeds):
+        if suite.derive_variant is not None:
+            kinds = tuple(dict(c)["kind"] for c in components)
+            derived = suite.derive_variant(kinds)
+            for key, value in derived.items():
+                if key in axis_values and variant[key] != value:
+                    names = "+".join(dict(c)["name"] for c in components)
+                    raise HarnessError(f"method entry {names!r} runs with {key}={value}, not {key}={variant[key]}; leave {key}= out, or choose methods that fit it")
+            variant = {**variant, **derived}
         full_recipe = {**recipe.as_dict(), **recipe_changes}
         specs.append(
             RunSpec(

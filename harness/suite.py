@@ -119,6 +119,10 @@ class Suite:
     # (default: every kind in `ranks`); e.g. an OOD suite ranks losses too, but by default runs
     # only its TTA methods
     default_kinds: tuple[str, ...] = ()
+    # axis values that follow from an entry's method kinds (e.g. a continual suite runs merging
+    # methods under protocol=merging): `derive_variant(kinds) -> {axis: value}`; a conflicting
+    # value given on the command line is an error
+    derive_variant: Callable[[tuple[str, ...]], dict[str, Any]] | None = None
     plugin: str = ""
     plugin_version: str = ""
 
