@@ -177,7 +177,15 @@ class Merging:
 
 @dataclass
 class UnlearnContext:
-    """`forget`/`retain` given to `unlearn` are (x, y) tensor pairs; `epochs`/`lr` are the card's budget."""
+    """What an unlearning method gets besides the model and the data.
+
+    `forget`/`retain` given to `unlearn` are (x, y) pairs: normalised float32 images on `device`
+    and int64 labels. `epochs` and `lr` are the card's budget; suites search the learning rate
+    around a method's declared `lr` hyper-parameter (a method opts out with `lr_search = False`)
+    on a validation criterion that never uses the test set. `seed` drives the method's own
+    randomness. `retrained` is the gold-standard model, handed only to a reference method
+    (`is_reference = True`, i.e. `retrain`).
+    """
 
     num_classes: int
     epochs: int
@@ -185,6 +193,8 @@ class UnlearnContext:
     batch_size: int
     device: str = "cpu"
     original: nn.Module | None = None
+    seed: int = 0
+    retrained: nn.Module | None = None
 
 
 class Unlearning:

@@ -265,8 +265,8 @@ def _entry_components(catalog: Catalog, suite: Suite, entry: str, method_overrid
     for m in methods:
         if m.kind not in allowed:
             raise HarnessError(f"suite {suite.name!r} does not run {m.kind} methods like {m.name!r}; it ranks {', '.join(suite.ranks)}")
-    if "loss" not in kinds:
-        names.append(suite.baseline)
+    if "loss" not in kinds and "loss" in suite.ranks:
+        names.append(suite.default_loss)
     names.sort(key=lambda n: KIND_ORDER.index(catalog.methods.get(n).kind))
     sweeps = []
     for n in names:

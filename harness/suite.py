@@ -107,7 +107,7 @@ class Suite:
     version: str
     summary: str
     ranks: tuple[str, ...]  # method kinds this suite ranks
-    baseline: str  # the method every entry is compared with (and the default loss)
+    baseline: str  # the entry every other entry is compared with (paired test on matching seeds)
     metrics: tuple[Metric, ...]
     primary: str
     axes: tuple[Param, ...]  # the suite's own variant keys (e.g. ratio), with defaults
@@ -119,6 +119,9 @@ class Suite:
     # (default: every kind in `ranks`); e.g. an OOD suite ranks losses too, but by default runs
     # only its TTA methods
     default_kinds: tuple[str, ...] = ()
+    # the loss an entry trains with when it names none (only where the suite ranks losses; a
+    # suite that does not keeps its own fixed training loss out of the entries)
+    default_loss: str = "ce"
     # axis values that follow from an entry's method kinds (e.g. a continual suite runs merging
     # methods under protocol=merging): `derive_variant(kinds) -> {axis: value}`; a conflicting
     # value given on the command line is an error

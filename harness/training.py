@@ -24,7 +24,9 @@ class TrainingSetup:
     augmentations: tuple[Augmentation, ...]
 
 
-def build_training(ctx: RunContext, *, num_classes: int, in_chans: int, img_size: int, class_counts: list[int], train_size: int) -> TrainingSetup:
+def build_training(ctx: RunContext, *, num_classes: int, in_chans: int, img_size: int, class_counts: list[int], train_size: int, default_loss: str = "ce") -> TrainingSetup:
+    """The spec's model, loss and augmentation; a spec without a loss (a suite that does not rank
+    losses) trains with `default_loss` at its default hyper-parameters."""
     recipe: dict[str, Any] = ctx.spec.recipe_dict()
     model = ctx.catalog.model(recipe["model"]).build(num_classes, in_chans, img_size)
     augmentation = ctx.build_method("augmentation", AugmentContext(num_classes, recipe["epochs"], ctx.device))
@@ -34,7 +36,10 @@ def build_training(ctx: RunContext, *, num_classes: int, in_chans: int, img_size
         m = augmentation.label_multiplier
         if m > 1:  # joint labels (class, transformation): each class's count repeats per transformation
             loss_classes, loss_counts = num_classes * m, [c for c in class_counts for _ in range(m)]
-    loss = ctx.build_method("loss", LossContext(loss_classes, tuple(loss_counts), train_size, recipe["epochs"], ctx.device))
+    loss_ctx = LossContext(loss_classes, tuple(loss_counts), train_size, recipe["epochs"], ctx.device)
+    loss = ctx.build_method("loss", loss_ctx)
+    if loss is None:
+        loss = ctx.catalog.methods.get(default_loss).build(loss_ctx)
     if augmentation is not None and not loss.accepts_soft_targets:
         raise ValueError(f"loss {ctx.spec.method_params('loss')[0]!r} cannot take the soft targets that the augmentation produces")
     model = loss.prepare_model(model)

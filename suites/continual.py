@@ -520,7 +520,7 @@ def harness_register_suites(register):
             version="1",
             summary="continual learning on a task stream (class/task/domain/permuted): strategies ranked by final accuracy and forgetting; merging methods by merged-model accuracy",
             ranks=("strategy", "merging", "loss", "augmentation"),
-            baseline="ce",
+            baseline="ce+naive",  # the lower bound; in the merging protocol no entry is the baseline
             metrics=(
                 Metric("acc", True, "mean accuracy over tasks of the final model (strategy) or of the merged model (merging)"),
                 Metric("forgetting", False, "average forgetting (Chaudhry et al. 2018)"),
