@@ -216,7 +216,7 @@ def _synthetic_store(root: Path, metric_rows: int) -> None:
         "seed": [i % 10 for i in range(runs)], "dataset": "mnist5k", "model": "small_cnn", "recipe_id": "bench000",
         "primary_metric": "top1", "primary_higher_is_better": True, "status": "ok", "error": None,
         "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01"), "duration_s": 1.0,
-        "spec": "{}", "provenance": "{}", "info": "{}", "record_digest": ids,
+        "spec": "{}", "provenance": "{}", "info": "{}", "record_digest": ids, "baseline": "method_0",
     })
     names = ["top1", "many_shot", "medium_shot", "few_shot", "ece"]
     metric_df = pd.DataFrame({

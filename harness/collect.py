@@ -35,7 +35,7 @@ def _records_from_db(path: Path) -> list[dict[str, Any]]:
     try:
         runs = con.execute(
             "SELECT run_id, entry, variant, primary_metric, primary_higher_is_better, status, error, "
-            "strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f'), strftime(finished_at, '%Y-%m-%dT%H:%M:%S.%f'), duration_s, spec, provenance, info FROM runs"
+            "strftime(started_at, '%Y-%m-%dT%H:%M:%S.%f'), strftime(finished_at, '%Y-%m-%dT%H:%M:%S.%f'), duration_s, spec, provenance, info, baseline FROM runs"
         ).fetchall()
         metrics = con.execute("SELECT run_id, name, value, higher_is_better FROM metrics ORDER BY run_id, position").fetchall()
         series = con.execute("SELECT run_id, name, idx, value FROM series ORDER BY run_id, name, idx").fetchall()
@@ -44,13 +44,15 @@ def _records_from_db(path: Path) -> list[dict[str, Any]]:
     finally:
         con.close()
     records: dict[str, dict[str, Any]] = {}
-    for rid, entry, variant, primary, hib, status, error, started, finished, duration, spec, prov, info in runs:
+    for rid, entry, variant, primary, hib, status, error, started, finished, duration, spec, prov, info, baseline in runs:
         records[rid] = {
             "schema": 1, "run_id": rid, "entry": entry, "variant": variant, "primary_metric": primary,
             "primary_higher_is_better": hib, "status": status, "error": error, "started_at": started,
             "finished_at": finished, "duration_s": duration, "spec": json.loads(spec),
             "provenance": json.loads(prov), "info": json.loads(info or "{}"), "metrics": {}, "series": {},
         }
+        if baseline is not None:
+            records[rid]["baseline"] = baseline
     for rid, name, value, hib in metrics:
         if rid in records:
             records[rid]["metrics"][name] = {"value": value, "higher_is_better": hib}

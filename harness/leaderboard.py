@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+
 from harness import stats
 
 PROTOCOL_KEYS = ("suite", "suite_version", "scale", "variant", "dataset", "model", "recipe_id")
@@ -114,9 +116,16 @@ def installed_baselines() -> dict[str, str]:
 def build_boards(
     con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None, baselines: dict[str, str] | None = None
 ) -> list[Board]:
-    """Every protocol's leaderboard. `baselines` maps suite -> baseline entry (default: the installed suites')."""
+    """Every protocol's leaderboard. `baselines` maps suite -> baseline entry (default: what the
+    runs recorded; the installed suites' only for suites whose runs recorded none)."""
     if baselines is None:
-        baselines = installed_baselines()
+        try:
+            baselines = dict(con.execute("SELECT suite, min(baseline) FROM runs WHERE baseline IS NOT NULL GROUP BY suite").fetchall())
+        except duckdb.Error:  # a database from before runs recorded their baseline (opened read-only)
+            baselines = {}
+        missing = {r[0] for r in con.execute("SELECT DISTINCT suite FROM runs").fetchall()} - set(baselines)
+        if missing:
+            baselines = {**installed_baselines(), **baselines}
     where, params = "", []
     for column, value in (("suite", suite), ("scale", scale), ("variant", variant)):
         if value is not None:

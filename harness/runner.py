@@ -99,6 +99,7 @@ def make_record(spec: RunSpec, suite: Suite, catalog: Any, *, status: str, error
         "variant": spec.variant_label,
         "primary_metric": suite.primary,
         "primary_higher_is_better": suite.metric(suite.primary).higher_is_better,
+        "baseline": suite.baseline,
         "status": status,
         "error": error,
         "metrics": {name: {"value": value, "higher_is_better": suite.metric(name).higher_is_better} for name, value in (metrics or {}).items()},

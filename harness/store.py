@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     spec VARCHAR NOT NULL,        -- canonical JSON: what the run id hashes
     provenance VARCHAR NOT NULL,  -- JSON: versions, device, host, git commit, plugin packages
     info VARCHAR,                 -- JSON: facts the suite recorded (class counts, ...)
-    record_digest VARCHAR NOT NULL -- hash of the result file's record: re-ingest when it changes
+    record_digest VARCHAR NOT NULL, -- hash of the result file's record: re-ingest when it changes
+    baseline VARCHAR              -- the suite's baseline entry when the run was made (for paired tests)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -282,6 +283,8 @@ class ResultStore:
                 raise HarnessError(_db_error(self.db_path, exc)) from None
         if not read_only:
             con.execute(_DDL)
+            # databases made before a column existed gain it (the result files hold the values)
+            con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS baseline VARCHAR")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         return con
 
@@ -347,6 +350,7 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
                 "provenance": json.dumps(r["provenance"], sort_keys=True),
                 "info": json.dumps(r.get("info", {}), sort_keys=True),
                 "record_digest": record_digest(r),
+                "baseline": r.get("baseline"),
             }
             for r in records
         ]
