@@ -281,7 +281,8 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     print("next steps:")
     print(f"  pip install -e {target}")
     print(f"  harness list methods '{names.method}'")
-    print(f"  harness run suite=long_tail method=ce,{names.method} seeds=1" if kind in {"loss", "augmentation"} else "  (no installed suite ranks this kind yet; `harness list suites` shows what each ranks)")
+    suite_of = {"loss": "long_tail", "augmentation": "long_tail", "tta": "ood", "unlearning": "unlearning", "merging": "continual", "strategy": "continual"}
+    print(f"  harness run suite={suite_of.get(kind, 'long_tail')} method={names.method} seeds=1   (`harness list suites` shows what each suite ranks)")
     print(f"  cd {target} && python -m pytest -q")
     return 0
 
@@ -302,7 +303,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("run", help="train a grid of runs and print the leaderboard", description="Train the grid given by key=value overrides (a comma sweeps a key). " + "Keys: suite, method, seed|seeds, scale, dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs, results, device, format, the suite's axes (e.g. ratio), METHOD.PARAM.")
+    p = sub.add_parser("run", help="train a grid of runs and print the leaderboard", description="Train the grid given by key=value overrides (a comma sweeps a key). " + "Keys: suite, method, seed|seeds, scale, dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs, results, device, format, the suite's axes (e.g. ratio), METHOD.PARAM; execution (not part of a run's identity): jobs, executor=local|ray, address, timeout, retries, compile.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("leaderboard", help="print leaderboards from stored results (no training)", description="Keys: suite, scale, variant, format=table|markdown|csv|json, results.")

@@ -14,9 +14,10 @@ interface below:
 | tta           | `TestTimeAdaptation`       | `adapt(model, ctx) -> Adapter`; `adapter(x)`, `adapter.reset()` |
 | strategy      | `Strategy`                 | per task: `train_tasks(seen)`, `before_task(model, task)`, then per batch `batch(x, y, generator)` and `penalty(model, x, logits)`, then `after_task(model, task)` |
 
-Only the loss kind is driven by the long-tail suite today; the other interfaces are fixed here
-so later suites plug in without changing the core. The continual suite drives `strategy` (and,
-in its merging protocol, `merging`); it also trains with the loss and augmentation kinds.
+Which suite drives which kind: long_tail and noisy_labels rank losses and augmentations; ood
+ranks tta (and the losses/augmentations that trained its source model); unlearning ranks
+unlearning; continual ranks strategy and, in its merging protocol, merging (it also trains with
+the loss and augmentation kinds).
 """
 
 from __future__ import annotations

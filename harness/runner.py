@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -142,6 +145,23 @@ class GridReport:
     problems: list[str]
 
 
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while results are stored, then raise it: without this, DuckDB turns a
+    SIGINT that lands mid-query into its own exception and the store is left half-updated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
@@ -182,11 +202,12 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
         return True
 
     def finished(spec: RunSpec, record: dict[str, Any]) -> None:
-        store.write(record)  # from here on the run is safe, whatever happens next
-        store.release(spec.run_id)
-        counts["stored"] += 1
-        counts["failed"] += record["status"] != "ok"
-        store.sync([record])
+        with _ctrl_c_deferred():  # a result file and its database row are stored together
+            store.write(record)
+            store.release(spec.run_id)
+            counts["stored"] += 1
+            counts["failed"] += record["status"] != "ok"
+            store.sync([record])
         hook.harness_run_end(spec=spec, result=record)
 
     sink = Sink(
@@ -212,7 +233,8 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
         store.sync()  # what the other process stored reaches this command's view as well
     except KeyboardInterrupt:
         interrupted = True
-        store.sync()  # a result file written just before the interrupt still reaches the database
+        with _ctrl_c_deferred():
+            store.sync()  # a result file written just before the interrupt still reaches the database
         print(f"\ninterrupted: {counts['stored']} run(s) of this grid stored; run the same command again to resume", file=sys.stderr)
     finally:
         for rid in mine:

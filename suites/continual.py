@@ -453,7 +453,7 @@ model initialisation and batch order.
 - `scenario=domain`: domain-incremental. All classes in every task; task t trains on a disjoint
   1/T of the images rotated by 180*t/(T-1) degrees (0/45/90/135/180 for 5 tasks; batched affine
   grid, bilinear) and is tested on the whole test set under the same rotation. (The OOD suite's
-  corruptions are not yet a domain sequence here: `harness/corruptions.py` did not exist.)
+  corruptions are not a domain sequence in this version of the card.)
 - `scenario=permuted`: as domain, with a fixed seeded pixel permutation per task (every task
   permuted).
 

@@ -272,7 +272,7 @@ def run(ctx: RunContext) -> RunOutput:
 
     log = train(
         setup.model, x, noisy, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate,
+        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate, compile_model=ctx.compile_model,
     )
     final = evaluate(setup.model)
     train_pred = predict(setup.model, x, normalizer=normalizer, device=ctx.device).argmax(1)

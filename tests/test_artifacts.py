@@ -24,6 +24,6 @@ def test_an_artifact_is_trained_once_and_reused(tmp_path):
     assert facts["reused"] is False and again["reused"] is True and again["acc"] == 0.9
     assert torch.equal(first.weight, second.weight) and torch.all(second.weight == 0.5)
     assert {p.suffix for p in (tmp_path / "artifacts").iterdir()} >= {".safetensors", ".json"}
-    other, _ = cached_model(tmp_path, {**key, "seed": 1}, lambda: nn.Linear(3, 2), train)
+    _other, _ = cached_model(tmp_path, {**key, "seed": 1}, lambda: nn.Linear(3, 2), train)
     assert calls == [1, 1]
     assert artifact_id(key) != artifact_id({**key, "seed": 1})
