@@ -67,7 +67,7 @@ def bench_engine(repeats: int) -> Row:
     from harness.data import LoadOptions, load_mnist5k
     from harness.engine import Normalizer, train
     from harness.kinds import Loss
-    from harness.models import SmallCNN
+    from harness.models import FastCNN
     from harness_suites.long_tail import long_tail_indices
 
     data = load_mnist5k(LoadOptions(cache_dir=Path(tempfile.gettempdir())))
@@ -82,11 +82,11 @@ def bench_engine(repeats: int) -> Row:
 
     def with_harness() -> None:
         torch.manual_seed(0)
-        train(SmallCNN(10, 1, 28), x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cpu")
+        train(FastCNN(10, 1, 28), x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cpu")
 
     def by_hand() -> None:  # the same work, written the shortest way
         torch.manual_seed(0)
-        model = SmallCNN(10, 1, 28)
+        model = FastCNN(10, 1, 28)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
         g = torch.Generator().manual_seed(0)
         steps = recipe["epochs"] * -(-len(y) // 128)

@@ -181,8 +181,10 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, normalizer: Normalizer, device: str, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, *, normalizer: Normalizer, device: str, batch_size: int | None = None) -> torch.Tensor:
     """Logits (float32, on CPU) of `model` in eval mode for uint8 images `x`."""
+    if batch_size is None:  # on a CPU, batches that fit in cache run about twice as fast as big ones
+        batch_size = 1024 if device.startswith("cuda") else 256
     model.eval()
     normalizer = normalizer.to(device)
     use_cuda = device.startswith("cuda")

@@ -94,6 +94,31 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class FastCNN(nn.Module):
+    """Two stride-2 conv-BN-ReLU layers (no max-pooling) and a linear head: ~6 k parameters.
+
+    About six times faster than `SmallCNN` on a CPU (max-pooling over full-resolution maps is
+    what costs there), so a grid of dozens of long-tail runs finishes in a minute or two.
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int = 28, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1 if img_size < 16 else 2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(2 * width * (1 if img_size < 16 else 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # CIFAR ResNet-32 (He et al. 2016, Sec. 4.2: 6n+2 layers with n=5, widths 16/32/64)
 # ---------------------------------------------------------------------------------------------
