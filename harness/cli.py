@@ -111,7 +111,8 @@ def _print_leaderboard(store: Any, *, suite: str | None, scale: str | None, vari
     if variants is not None:
         boards = [b for b in boards if b.protocol["variant"] in variants]
     if not boards:
-        raise HarnessError(f"no stored runs for suite {suite!r}" + (f" at scale={scale}" if scale else "") + f" in {store.root}; run `harness run suite={suite}` first")
+        what = f"suite {suite!r}" if suite else "any suite"
+        raise HarnessError(f"no stored runs for {what}" + (f" at scale={scale}" if scale else "") + f" in {store.root}; run `harness run suite={suite or 'NAME'}` first")
     print(render(boards, fmt))
 
 
