@@ -231,7 +231,9 @@ class RayExecutor:
                 ray.shutdown()
 
     def _run(self, ray: Any, specs: list[RunSpec], sink: Sink) -> None:
-        remote = ray.remote(num_cpus=1, max_retries=self.options.retries)(_ray_execute)
+        # a GPU run asks Ray for a GPU, which also makes Ray set CUDA_VISIBLE_DEVICES for the task
+        gpus = 1 if self.device.startswith("cuda") else 0
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.options.retries)(_ray_execute)
         slots = self.options.jobs if self.options.jobs > 1 else max(1, int(ray.cluster_resources().get("CPU", 1)))
         pending = list(specs)
         running: dict[Any, tuple[RunSpec, float]] = {}
