@@ -126,18 +126,18 @@ class Catalog:
         for what, names in info.registered.items():
             registry = {"method": self.methods, "suite": self.suites, "dataset": self.datasets, "model": self.models}[what]
             for n in names:
-                registry._items.pop(n, None)
+                registry.remove(n)
         info.registered.clear()
 
     def _call_register(self, impl: Any, hook_name: str, registry: Registry[Any], info: PluginInfo) -> None:
-        added: list[tuple[Registry[Any], str]] = []
+        added: list[str] = []
 
         def register(obj: Any) -> None:
             if not dataclasses.is_dataclass(obj) or not hasattr(obj, "plugin"):
                 raise TypeError(f"{hook_name} got {obj!r}; register harness.Method/Suite/DatasetSource/ModelSource objects")
             stamped = dataclasses.replace(obj, plugin=info.dist, plugin_version=info.version)
             registry.add(stamped.name, stamped)
-            added.append((registry, stamped.name))
+            added.append(stamped.name)
             info.registered.setdefault(registry.what, []).append(stamped.name)
 
         trace = _env_flag("HARNESS_TRACE_PLUGINS")
@@ -145,7 +145,7 @@ class Catalog:
             print(f"[harness trace] {info.name}.{hook_name}(register)", file=sys.stderr)
         impl.function(register=register)
         if trace:
-            print(f"[harness trace]   -> registered {[n for _, n in added]}", file=sys.stderr)
+            print(f"[harness trace]   -> registered {added}", file=sys.stderr)
 
 
 def make_plugin_manager() -> pluggy.PluginManager:

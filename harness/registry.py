@@ -32,6 +32,10 @@ class Registry(Generic[T]):
             )
         self._items[name] = obj
 
+    def remove(self, name: str) -> None:
+        """Forget a name (a broken plugin's registrations are withdrawn all together)."""
+        self._items.pop(name, None)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
