@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from harness.engine import Normalizer, train
-from harness.kinds import Loss
+from harness.kinds.loss import Loss
 from harness.models import CifarResNet, CifarResNet18
 
 
@@ -53,7 +53,7 @@ def measure(build, x, y, *, batch_size: int, epochs: int, use_bf16: bool, compil
         times.append(time.perf_counter())
 
     start = time.perf_counter()
-    train(model, x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda", on_epoch=on_epoch, compile_model=compile_model, amp=use_bf16)
+    train(model, x, y, recipe=recipe, parts=[CE()], normalizer=normalizer, seed=0, device="cuda", on_epoch=on_epoch, compile_model=compile_model, amp=use_bf16)
     # the first epoch includes warm-up (cuDNN autotuning, compilation): report the later ones
     steady = [b - a for a, b in zip([start, *times], times)][1:]
     return len(y) / (sum(steady) / len(steady))
@@ -63,11 +63,11 @@ def count_syncs_per_epoch(x, y) -> int:
     recipe = {"epochs": 2, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False, "schedule": "onecycle", "warmup_epochs": 0, "crop_flip": True}
     normalizer = Normalizer.fit(x[:1000].cpu())
     model = CifarResNet(10, 3, 32)
-    train(model, x[:512], y[:512], recipe={**recipe, "epochs": 1}, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda")  # warm-up
+    train(model, x[:512], y[:512], recipe={**recipe, "epochs": 1}, parts=[CE()], normalizer=normalizer, seed=0, device="cuda")  # warm-up
     torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(model, x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cuda")
+        train(model, x, y, recipe=recipe, parts=[CE()], normalizer=normalizer, seed=0, device="cuda")
     torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     for w in syncs[:5]:

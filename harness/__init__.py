@@ -10,35 +10,34 @@ from harness.params import Param
 __version__ = "0.1.0"
 
 _LAZY = {  # these pull in torch; resolved on first use so `harness --help` stays fast
-    "Method": "harness.kinds",
-    "Loss": "harness.kinds",
-    "Augmentation": "harness.kinds",
-    "Merging": "harness.kinds",
-    "Unlearning": "harness.kinds",
-    "TestTimeAdaptation": "harness.kinds",
-    "Adapter": "harness.kinds",
-    "Strategy": "harness.kinds",
-    "Task": "harness.kinds",
-    "LossContext": "harness.kinds",
-    "AugmentContext": "harness.kinds",
-    "MergeContext": "harness.kinds",
-    "UnlearnContext": "harness.kinds",
-    "AdaptContext": "harness.kinds",
-    "StrategyContext": "harness.kinds",
+    "Method": "harness.method",
+    "MethodRef": "harness.method",
+    "Kind": "harness.kind",
+    "KindScaffold": "harness.kind",
     "Suite": "harness.suite",
     "Recipe": "harness.suite",
     "Metric": "harness.suite",
     "DatasetSource": "harness.data",
     "DataSplits": "harness.data",
     "ModelSource": "harness.models",
+    # the training seam's roles and data (harness.seams)
+    **{name: "harness.seams" for name in (
+        "TrainContext", "Batch", "Outputs", "EpochPlan", "HeadedModel", "Peer", "Teacher", "Role", "Transform", "Objective", "LossTerm",
+        "ModelShaper", "AuxiliaryModels", "UpdateRule", "Sampler", "Observer", "Predictor", "StepOwner", "StepTools",
+    )},
 }
 
 __all__ = ["Param", "__version__", "hookimpl", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name.startswith("__"):
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    kinds = importlib.import_module("harness.kinds")  # the built-in kinds' interfaces (Loss, Augmentation, ...)
+    if name in kinds.__all__:
+        return getattr(kinds, name)
     raise AttributeError(f"module 'harness' has no attribute {name!r}")

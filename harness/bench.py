@@ -64,11 +64,10 @@ def _harness_cmd(*args: str, env: dict[str, str] | None = None) -> None:
 def bench_engine(repeats: int) -> Row:
     import torch
 
-    from harness.data import LoadOptions, load_mnist5k
+    from harness.data import LoadOptions, load_mnist5k, long_tail_indices
     from harness.engine import Normalizer, train
-    from harness.kinds import Loss
+    from harness.kinds.loss import Loss
     from harness.models import FastCNN
-    from harness_suites.long_tail import long_tail_indices
 
     data = load_mnist5k(LoadOptions(cache_dir=Path(tempfile.gettempdir())))
     keep = long_tail_indices(data.train_y, 10, 100)
@@ -82,7 +81,7 @@ def bench_engine(repeats: int) -> Row:
 
     def with_harness() -> None:
         torch.manual_seed(0)
-        train(FastCNN(10, 1, 28), x, y, recipe=recipe, loss_fn=CE(), normalizer=normalizer, seed=0, device="cpu")
+        train(FastCNN(10, 1, 28), x, y, recipe=recipe, parts=[CE()], normalizer=normalizer, seed=0, device="cpu")
 
     def by_hand() -> None:  # the same work, written the shortest way
         torch.manual_seed(0)

@@ -520,3 +520,357 @@ def dynamic_dataset_source(name: str) -> DatasetSource:
             raise HarnessError(f"dataset {name!r}: give a hub repository, e.g. hf:uoft-cs/cifar10 or hf:ufldl-stanford/svhn:cropped_digits")
         return hub_dataset_source(name, repo, config=config or None, summary=f"{repo} from the Hugging Face hub (columns detected)")
     raise HarnessError(f"dataset {name!r}: unknown prefix {prefix!r}; use parquet:DIR, imagefolder:DIR or hf:OWNER/REPO")
+
+
+# =============================================================================================
+# Files of the literature in their released layouts (`scale=paper`): the corruption benchmarks
+# (CIFAR-10-C / CIFAR-100-C as .npy, Tiny ImageNet-C / ImageNet-C as image folders) and the
+# far-OOD sets of open-set detection (SVHN, Textures, Places365, LSUN, iSUN). Each loader reads
+# exactly the released layout, memory-maps what it can, never unpickles, and answers a missing
+# or malformed file with one line saying where to put what.
+# =============================================================================================
+
+# where each corruption benchmark is published
+CORRUPTION_BENCHMARKS: dict[str, str] = {
+    "CIFAR-10-C": "https://zenodo.org/record/2535967",
+    "CIFAR-100-C": "https://zenodo.org/record/3555552",
+    "TinyImageNet-C": "https://zenodo.org/record/2536630",
+    "ImageNet-C": "https://zenodo.org/record/2235448",
+}
+CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _benchmark_url(benchmark: str) -> str:
+    if benchmark not in CORRUPTION_BENCHMARKS:
+        raise HarnessError(f"unknown corruption benchmark {benchmark!r}; known: {', '.join(CORRUPTION_BENCHMARKS)}")
+    return CORRUPTION_BENCHMARKS[benchmark]
+
+
+def _check_severity(benchmark: str, severity: int) -> None:
+    if severity not in CORRUPTION_SEVERITIES:
+        raise HarnessError(f"{benchmark}: severity must be one of 1..5, got {severity!r}")
+
+
+def _npy(path: Path, benchmark: str, what: str) -> np.ndarray:
+    """A memory-mapped .npy (never unpickled), or a one-line error."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:  # object arrays (pickles) and malformed headers
+        raise HarnessError(f"{benchmark}: {path} is not a plain numeric .npy file ({exc}); re-download {what} from {_benchmark_url(benchmark)}") from None
+    except OSError as exc:
+        raise HarnessError(f"{benchmark}: {path} could not be read ({exc}); re-download {what} from {_benchmark_url(benchmark)}") from None
+
+
+def cifar_c_corruptions(root: str | Path, benchmark: str = "CIFAR-10-C") -> list[str]:
+    """The corruption names present in a CIFAR-10-C / CIFAR-100-C folder (its .npy files but labels.npy)."""
+    folder = _cifar_c_root(root, benchmark)
+    return sorted(p.stem for p in folder.glob("*.npy") if p.stem != "labels")
+
+
+def _cifar_c_root(root: str | Path, benchmark: str) -> Path:
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise HarnessError(f"{benchmark} not found: {folder} is not a directory; put {benchmark} from {_benchmark_url(benchmark)} in {folder} (the <corruption>.npy files and labels.npy directly inside)")
+    return folder
+
+
+def load_cifar_c(root: str | Path, corruption: str, severity: int, *, benchmark: str = "CIFAR-10-C") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N, C, H, W] and int64 labels [N] of one (corruption, severity) of CIFAR-10-C / CIFAR-100-C.
+
+    The released layout: `<root>/<corruption>.npy`, uint8 [5 N, H, W, C] (N = 10,000 test images
+    per severity, severities 1..5 in order), and `<root>/labels.npy` with the 5 N labels. Both
+    are memory-mapped: only the requested severity's N images are read.
+    """
+    _check_severity(benchmark, severity)
+    folder = _cifar_c_root(root, benchmark)
+    url = _benchmark_url(benchmark)
+    path, labels_path = folder / f"{corruption}.npy", folder / "labels.npy"
+    if not path.is_file():
+        found = ", ".join(p.stem for p in sorted(folder.glob("*.npy")) if p.stem != "labels") or "none"
+        raise HarnessError(f"{benchmark}: no {corruption}.npy in {folder} (found: {found}); put {benchmark} from {url} in {folder}")
+    if not labels_path.is_file():
+        raise HarnessError(f"{benchmark}: no labels.npy in {folder}; put {benchmark} from {url} in {folder} (labels.npy comes with it)")
+    images, labels = _npy(path, benchmark, f"{corruption}.npy"), _npy(labels_path, benchmark, "labels.npy")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] % 5 or not images.shape[0]:
+        raise HarnessError(
+            f"{benchmark}: {path} holds {images.dtype} {tuple(images.shape)}; expected uint8 [5 x N, H, W, C] "
+            f"(N images per severity 1..5 in order; the release has 50000 x 32 x 32 x 3)"
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != images.shape[0]:
+        raise HarnessError(f"{benchmark}: {labels_path} holds {labels.dtype} {tuple(labels.shape)}; expected {images.shape[0]} integer labels, one per image of {path.name}")
+    n = images.shape[0] // 5
+    part = slice((severity - 1) * n, severity * n)
+    x = torch.from_numpy(np.ascontiguousarray(images[part].transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(np.asarray(labels[part], dtype=np.int64))
+    return x, y
+
+
+def _read_image(path: Path, size: int | None, channels: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _stack_images(arrays: list[np.ndarray], what: str) -> torch.Tensor:
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise HarnessError(f"{what}: images have different sizes {sorted(sizes)[:4]}; give size=N to resize them to N x N")
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _read_images(paths: list[Path], size: int | None, channels: int | None, what: str, workers: int | None = None) -> torch.Tensor:
+    """Decode images in a thread pool (PIL releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            arrays = list(pool.map(lambda p: _read_image(p, size, channels), paths, chunksize=64))
+    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise HarnessError(f"{what}: an image could not be read ({exc})") from None
+    return _stack_images(arrays, what)
+
+
+def load_corruption_folder(
+    root: str | Path, corruption: str, severity: int, *, benchmark: str = "ImageNet-C", size: int | None = None,
+    classes: tuple[str, ...] | None = None, workers: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """uint8 images [N, 3, H, W], int64 labels and the class names of one (corruption, severity)
+    of Tiny ImageNet-C / ImageNet-C in the released layout `<root>/<corruption>/<severity>/<wnid>/<image>`.
+
+    The class order is the sorted wnids (the order of torchvision's ImageFolder and of the
+    ImageNet class index), or `classes` if given (e.g. the training set's order; every folder
+    must be among them). `size=N` resizes every image to N x N (bilinear); without it all
+    images must already share one size (ImageNet-C: 224, Tiny ImageNet-C: 64).
+    """
+    _check_severity(benchmark, severity)
+    url = _benchmark_url(benchmark)
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise HarnessError(f"{benchmark} not found: {base} is not a directory; put {benchmark} from {url} in {base} (laid out as <corruption>/<severity>/<wnid>/<image>)")
+    folder = base / corruption / str(severity)
+    if not folder.is_dir():
+        found = ", ".join(sorted(p.name for p in base.iterdir() if p.is_dir())) or "none"
+        raise HarnessError(f"{benchmark}: no folder {corruption}/{severity} in {base} (corruptions found: {found}); put {benchmark} from {url} in {base}")
+    wnids = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not wnids:
+        raise HarnessError(f"{benchmark}: {folder} has no class folders; expected {corruption}/{severity}/<wnid>/<image> from {url}")
+    order = tuple(classes) if classes is not None else tuple(wnids)
+    unknown = sorted(set(wnids) - set(order))
+    if unknown:
+        raise HarnessError(f"{benchmark}: class folders {', '.join(unknown[:5])} in {folder} are not among the {len(order)} given classes")
+    index = {c: i for i, c in enumerate(order)}
+    paths, labels = [], []
+    for wnid in wnids:
+        files = sorted(p for p in (folder / wnid).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths.extend(files)
+        labels.extend([index[wnid]] * len(files))
+    if not paths:
+        raise HarnessError(f"{benchmark}: no images under {folder}; expected {corruption}/{severity}/<wnid>/<image>.JPEG from {url}")
+    x = _read_images(paths, size, 3, f"{benchmark} {corruption}/{severity}", workers)
+    return x, torch.tensor(labels, dtype=torch.int64), order
+
+
+# ---------------------------------------------------------------------------------------------
+# far-OOD sets for open-set detection
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FarOODSet:
+    """A far-OOD data set: where it is on the hub (if anywhere) and what it is."""
+
+    summary: str
+    repo: str | None = None  # Hugging Face hub repository
+    config: str | None = None
+    split: str = "test"
+    citation: str = ""
+
+
+# Hub repositories checked by hand (their cards and file lists) when this table was written.
+# Places365 has no small OOD subset on the hub: it is read from a local folder only.
+FAR_OOD_SETS: dict[str, FarOODSet] = {
+    "svhn": FarOODSet("SVHN cropped digits, test split (26,032 images)", "ufldl-stanford/svhn", "cropped_digits", "test",
+                      "Netzer et al., NIPS Workshop 2011"),
+    "textures": FarOODSet("Describable Textures (DTD), test split (1,880 images, 47 texture classes)", "tanganke/dtd", None, "test",
+                          "Cimpoi et al., Describing Textures in the Wild, CVPR 2014"),
+    "places365": FarOODSet("Places365 scenes: the literature uses a 10,000-image subset (no hub copy; local folder)", None, None, "test",
+                           "Zhou et al., Places: A 10 Million Image Database for Scene Recognition, TPAMI 2017"),
+    "lsun": FarOODSet("LSUN test images cropped to 32 x 32 (ODIN's LSUN (crop), 10,000 images)", "detectors/lsun_c-ood", None, "train",
+                      "Liang, Li & Srikant, ODIN, ICLR 2018"),
+    "lsun_resize": FarOODSet("LSUN test images resized to 32 x 32 (ODIN's LSUN (resize), 10,000 images)", "detectors/lsun_r-ood", None, "train",
+                             "Liang, Li & Srikant, ODIN, ICLR 2018"),
+    "isun": FarOODSet("iSUN (ODIN's 8,925 images)", "detectors/isun-ood", None, "train", "Xu et al., TurkerGaze, arXiv:1504.06755; ODIN"),
+}
+
+
+def far_ood_dir(options: LoadOptions, name: str) -> Path:
+    """Where a far-OOD set's local images go: $HARNESS_FAR_OOD/<name>, else <dataset cache>/far-ood/<name>."""
+    root = os.environ.get("HARNESS_FAR_OOD", "").strip()
+    return (Path(root).expanduser() if root else Path(options.cache_dir) / "far-ood") / name
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _resize_center_crop(img: Any, size: int, channels: int) -> np.ndarray:
+    """Resize the shorter side to `size` (bilinear), then crop the centre `size` x `size`: the test
+    transform of the OOD literature for far-OOD sets of other sizes (Resize + CenterCrop)."""
+    from PIL import Image
+
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _far_ood_tensor(images: Any, size: int, channels: int, what: str) -> torch.Tensor:
+    arrays = [_resize_center_crop(img, size, channels) for img in images]
+    if not arrays:
+        raise HarnessError(f"{what}: no images")
+    return _stack_images(arrays, what)
+
+
+def _folder_far_ood(folder: Path, size: int, channels: int, what: str) -> torch.Tensor:
+    from PIL import Image
+
+    files = _image_files(folder)
+    if not files:
+        raise HarnessError(f"{what}: no image files (.png, .jpg, ...) under {folder}")
+
+    def one(path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            return _resize_center_crop(img, size, channels)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(one, files, chunksize=64))
+    except OSError as exc:
+        raise HarnessError(f"{what}: an image under {folder} could not be read ({exc})") from None
+    return _stack_images(arrays, what)
+
+
+def _tensor_cache(options: LoadOptions, stem: str, key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One tensor cached as safetensors + a JSON sidecar holding `key` (rebuilt when the key changes)."""
+    from safetensors.torch import load_file, save_file
+
+    cache_dir = Path(options.cache_dir)
+    tensors_path, meta_path = cache_dir / f"{stem}.safetensors", cache_dir / f"{stem}.json"
+    if tensors_path.is_file() and meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()).get("key") == key:
+                return load_file(str(tensors_path))["x"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a truncated or foreign cache entry is rebuilt
+    x = build()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = f".tmp-{os.getpid()}-{threading.get_ident()}"
+    save_file({"x": x.contiguous()}, str(tensors_path) + tmp)
+    os.replace(str(tensors_path) + tmp, tensors_path)
+    Path(str(meta_path) + tmp).write_text(json.dumps({"key": key}))
+    os.replace(str(meta_path) + tmp, meta_path)
+    return x
+
+
+def _hub_far_ood(name: str, repo: str, config: str | None, split: str | None, size: int, channels: int, local: Path | None) -> torch.Tensor:
+    reason = probe_hub()
+    if reason is not None:
+        where = f"put its images (any folder layout) in {local}, or " if local is not None else ""
+        raise HubUnreachable(f"far-OOD set {name} is not cached and the Hugging Face hub cannot be reached ({reason}); {where}give folder:PATH with its images")
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(repo, config) if config else datasets.load_dataset(repo)
+    except Exception as exc:
+        raise HarnessError(f"far-OOD set {name}: loading {repo}{f' ({config})' if config else ''} from the hub failed: {type(exc).__name__}: {exc}") from exc
+    chosen = split if split in dd else ("test" if "test" in dd else next(iter(dd)))
+    ds = dd[chosen]
+    image_column = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    if image_column is None:
+        raise HarnessError(f"far-OOD set {name}: {repo} has no image column (columns: {', '.join(ds.features)})")
+    return _far_ood_tensor(ds[image_column], size, channels, f"far-OOD set {name} ({repo}, {chosen})")
+
+
+def load_far_ood(name: str, options: LoadOptions, size: int, channels: int) -> torch.Tensor:
+    """uint8 images [N, channels, size, size] of a far-OOD set, for open-set detection.
+
+    `name` is one of FAR_OOD_SETS (svhn, textures, places365, lsun, lsun_resize, isun), or
+    `folder:PATH` (every image file under PATH), `imagefolder:PATH` (the test split of a local
+    copy, as `dataset=imagefolder:PATH`) or `hf:REPO[:CONFIG]` (its test split, else its first).
+    A named set is read from `far_ood_dir(options, name)` when that folder holds images, else
+    from the hub (once; then from the tensor cache). Images are brought to `channels` (1: grey,
+    3: RGB) and to size x size by resizing the shorter side and cropping the centre.
+    """
+    if channels not in (1, 3):
+        raise HarnessError(f"far-OOD set {name}: channels must be 1 or 3, got {channels}")
+    if size < 1:
+        raise HarnessError(f"far-OOD set {name}: size must be positive, got {size}")
+    prefix, _, rest = name.partition(":")
+    if prefix == "folder":
+        if not rest:
+            raise HarnessError(f"far-OOD set {name!r}: give a directory, e.g. folder:/data/places365")
+        folder = Path(rest).expanduser().resolve()
+        if not folder.is_dir():
+            raise HarnessError(f"far-OOD set {name}: {folder} is not a directory; put the set's images there (any folder layout)")
+        files = _image_files(folder)
+        key = json.dumps([_fingerprint(folder, files), size, channels])
+        stem = f"far-ood-folder-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}-{size}-{channels}"
+        return _tensor_cache(options, stem, key, lambda: _folder_far_ood(folder, size, channels, f"far-OOD set {name}"))
+    if prefix == "imagefolder":
+        from PIL import Image
+
+        test = imagefolder_dataset_source(name).load(options).test_x
+        images = (Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in test.permute(0, 2, 3, 1).numpy())
+        return _far_ood_tensor(images, size, channels, f"far-OOD set {name}")
+    if prefix == "hf":
+        repo, _, config = rest.partition(":")
+        if not repo:
+            raise HarnessError(f"far-OOD set {name!r}: give a hub repository, e.g. hf:tanganke/dtd")
+        key = json.dumps([repo, config, size, channels])
+        return _tensor_cache(options, f"far-ood-{_cache_stem(name)}-{size}-{channels}", key,
+                             lambda: _hub_far_ood(name, repo, config or None, None, size, channels, None))
+    if name not in FAR_OOD_SETS:
+        raise HarnessError(f"unknown far-OOD set {name!r}; known: {', '.join(FAR_OOD_SETS)}, or folder:PATH, imagefolder:PATH, hf:REPO")
+    spec = FAR_OOD_SETS[name]
+    local = far_ood_dir(options, name)
+    if local.is_dir() and _image_files(local):
+        return load_far_ood(f"folder:{local}", options, size, channels)
+    if spec.repo is None:
+        raise HarnessError(f"far-OOD set {name} is not on this machine: put its images ({spec.summary}) in {local} (any folder layout), or give folder:PATH")
+    key = json.dumps([spec.repo, spec.config, spec.split, size, channels])
+    return _tensor_cache(options, f"far-ood-{name}-{size}-{channels}", key,
+                         lambda: _hub_far_ood(name, spec.repo, spec.config, spec.split, size, channels, local))
+
+
+# ---------------------------------------------------------------------------------------------
+# class-imbalanced subsampling (the long-tail protocol of Cao et al. 2019)
+# ---------------------------------------------------------------------------------------------
+
+
+def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+    """Exponential profile: n_i = floor(n_max * ratio^(-i/(K-1))), at least 1."""
+    return [max(1, int(n_max * ratio ** (-i / (num_classes - 1)))) for i in range(num_classes)]
+
+
+def long_tail_indices(labels: torch.Tensor, num_classes: int, ratio: float) -> torch.Tensor:
+    """Indices of the first n_i samples of each class i (order of the source split)."""
+    n_max = int(torch.bincount(labels, minlength=num_classes).min())
+    keep = []
+    for cls, n in enumerate(long_tail_counts(n_max, num_classes, ratio)):
+        keep.append(torch.nonzero(labels == cls).flatten()[:n])
+    return torch.cat(keep)

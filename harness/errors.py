@@ -19,6 +19,8 @@ class UnknownNameError(HarnessError, KeyError):
         message = f"unknown {what} {name!r}"
         if close:
             message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        else:
+            message += "."
         if known:
             message += f" Installed {what}s: {', '.join(known)}."
         else:

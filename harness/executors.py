@@ -4,17 +4,22 @@ only the coordinator writes result files and the database.
 - `InProcess`: one run after another in this process (jobs=1, no time limit): no start-up cost.
 - `LocalPool`: `jobs` worker processes (spawned, torch threads split between them; on a
   multi-GPU machine worker i uses GPU i mod n). The coordinator watches them: a run past its
-  time limit has its worker killed and is stored as `timeout`; a worker that dies mid-run (OOM
-  killer, SIGKILL) is replaced and its run tried again, up to `retries` times, then stored as
-  `failed`.
+  time limit (counted from when the run starts in its worker, so worker start-up does not count)
+  has its worker killed and is stored as `timeout`; a worker that dies mid-run (OOM killer,
+  SIGKILL) is replaced and its run tried again, up to `retries` times, then stored as `failed`.
+  Workers die with their coordinator, even when it is killed with SIGKILL.
 - `Ray`: one Ray task per run on a Ray cluster (`address=auto`, `ray://...`, or a local cluster).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,8 +78,38 @@ def _worker_device(device: str, index: int) -> str:
     return device
 
 
-def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str, compile_model: bool = False) -> None:
-    """A worker process: load the catalog once, then train the specs it is sent."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_WATCH_S = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when `parent_pid` (its coordinator) ends, however it ends.
+
+    Without this, a coordinator killed with SIGKILL leaves its workers blocked on their task
+    pipe forever, each holding its memory. On Linux the kernel sends SIGKILL when the parent
+    goes (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread notices that the process was
+    re-parented and exits."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+    if os.getppid() != parent_pid:  # the parent died before the kernel was told
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="harness-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_WATCH_S)
+    os._exit(1)
+
+
+def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str, compile_model: bool = False, parent_pid: int | None = None) -> None:
+    """A worker process: load the catalog once, then train the specs it is sent. It reports
+    "started" when a run begins (the time limit counts from then), then "done" with its record."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -90,6 +125,7 @@ def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str,
             return
         spec = RunSpec.from_canonical(item)
         hook = _SinkHook(lambda s, e, n, loss: events.put(("progress", index, s.run_id, e, n, loss)))
+        events.put(("started", index, spec.run_id))
         try:
             suite = catalog.suites.get(spec.suite)
             record = execute(spec, suite, catalog, cache_dir=Path(cache_dir), device=device, hook=hook, data_memo=memo, compile_model=compile_model)
@@ -101,6 +137,8 @@ def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str,
 
 class LocalPool:
     POLL_S = 0.1
+    START_LIMIT_S = 600.0  # with a time limit: a worker that has not begun its run by then is stuck in start-up
+    worker = staticmethod(_pool_worker)  # the body of each worker process
 
     def __init__(self, options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
         self.options, self.catalog, self.suite, self.device, self.cache_dir = options, catalog, suite, device, cache_dir
@@ -110,9 +148,11 @@ class LocalPool:
 
     def _start(self, index: int) -> dict[str, Any]:
         tasks = self.ctx.Queue()
-        proc = self.ctx.Process(target=_pool_worker, args=(index, tasks, self.events, self.threads, self.device, str(self.cache_dir), self.options.compile_model), daemon=True)
+        args = (index, tasks, self.events, self.threads, self.device, str(self.cache_dir), self.options.compile_model, os.getpid())
+        proc = self.ctx.Process(target=self.worker, args=args, daemon=True)
         proc.start()
-        return {"proc": proc, "tasks": tasks, "spec": None, "since": 0.0}
+        # since: when the run started in the worker (None until it says so; start-up is not timed)
+        return {"proc": proc, "tasks": tasks, "spec": None, "since": None, "sent": 0.0}
 
     def run(self, specs: list[RunSpec], sink: Sink) -> None:
         if not specs:
@@ -131,7 +171,7 @@ class LocalPool:
                     if w["spec"] is None and pending:
                         spec = pending.pop(0)
                         attempts[spec.run_id] = attempts.get(spec.run_id, 0) + 1
-                        w["spec"], w["since"] = spec, time.monotonic()
+                        w["spec"], w["since"], w["sent"] = spec, None, time.monotonic()
                         w["tasks"].put(spec.canonical())
                         sink.assigned(spec, w["proc"].pid)
                         sink.started(spec)
@@ -141,7 +181,12 @@ class LocalPool:
                     event = None
                 if event is not None:
                     kind, index, run_id = event[:3]
-                    if kind == "progress":
+                    current = workers[index]["spec"]
+                    if current is None or current.run_id != run_id:
+                        pass  # from a worker that was killed and replaced since: its run is settled
+                    elif kind == "started":
+                        workers[index]["since"] = time.monotonic()
+                    elif kind == "progress":
                         sink.progress(by_id[run_id], *event[3:])
                     elif kind == "user_error":
                         raise HarnessError(event[3])
@@ -153,7 +198,7 @@ class LocalPool:
                     spec = w["spec"]
                     if spec is None:
                         continue
-                    elapsed = time.monotonic() - w["since"]
+                    elapsed = time.monotonic() - (w["since"] if w["since"] is not None else w["sent"])
                     if not w["proc"].is_alive():
                         code = w["proc"].exitcode
                         workers[i] = self._start(i)
@@ -163,11 +208,13 @@ class LocalPool:
                         error = f"the worker process died during the run (exit code {code}); tried {attempts[spec.run_id]} time(s) (retries={self.options.retries})"
                         sink.finished(spec, make_record(spec, self.suite, self.catalog, status="failed", error=error, started=_now(), duration_s=elapsed, device=self.device))
                         remaining -= 1
-                    elif self.options.timeout_s is not None and elapsed > self.options.timeout_s:
+                    elif self.options.timeout_s is not None and elapsed > (self.options.timeout_s if w["since"] is not None else self.START_LIMIT_S + self.options.timeout_s):
                         w["proc"].kill()
                         w["proc"].join()
                         workers[i] = self._start(i)
                         error = f"the run exceeded its time limit of {self.options.timeout_s:g} s and was stopped"
+                        if w["since"] is None:
+                            error = f"the worker process had not started the run {elapsed:.0f} s after it was sent (stuck in start-up?) and was stopped"
                         sink.finished(spec, make_record(spec, self.suite, self.catalog, status="timeout", error=error, started=_now(), duration_s=elapsed, device=self.device))
                         remaining -= 1
         finally:

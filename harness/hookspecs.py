@@ -26,13 +26,27 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 
 @hookspec
-def harness_register_methods(register: Callable[[Any], None]) -> None:
-    """Register methods of any kind.
+def harness_register_kinds(register: Callable[[Any], None]) -> None:
+    """Register kinds of method (harness.kind.Kind): an interface, its place in an entry, whether
+    its methods train, its conformance check and its `new-plugin` template.
 
-    Called once for each plugin when the catalog is built.
+    Called once for each plugin when the catalog is built, for every plugin before any method,
+    suite, dataset or model is registered (a plugin may register methods of another plugin's kind).
+
+    :param register: call `register(harness.Kind(...))` once per kind. A name that another
+        plugin already registered raises; the plugin is then reported as broken.
+    """
+
+
+@hookspec
+def harness_register_methods(register: Callable[[Any], None]) -> None:
+    """Register methods of any registered kind.
+
+    Called once for each plugin when the catalog is built, after every plugin's kinds.
 
     :param register: call `register(harness.Method(...))` once per method. A name that another
-        plugin already registered raises; the plugin is then reported as broken.
+        plugin already registered, or a kind no plugin registered, raises; the plugin is then
+        reported as broken (the built-in plugins load first, so a clash never disables them).
     """
 
 

@@ -3,10 +3,13 @@
 A leaderboard table holds runs of one protocol only: the same suite, suite version, scale,
 variant, dataset, model and recipe. Results of different protocols are never ranked together.
 Per entry: mean and sample standard deviation over seeds, n, the 95% Student t confidence
-interval of the mean, a paired t-test against the suite's baseline on matching seeds, and how
-many runs failed or diverged (counted, never silently dropped). Rank: the rank group of
-`harness.stats.rank_groups` — entries whose intervals overlap the group leader's share a rank
-(statistically tied), so noise does not decide an ordering. Definitions: harness/stats.py.
+interval of the mean, a paired test against the suite's baseline on matching seeds (t-test by
+default, `test=wilcoxon` for the signed-rank test) whose p-values are corrected for the board's
+multiple comparisons (Holm by default, `correction=bh|none`; the "beats the baseline" mark uses
+the corrected p), and how many runs failed or diverged (counted, never silently dropped). Rank:
+the rank group of `harness.stats.rank_groups` — entries whose intervals overlap the group
+leader's share a rank (statistically tied), so noise does not decide an ordering. Definitions:
+harness/stats.py.
 """
 
 from __future__ import annotations
@@ -52,12 +55,28 @@ WHERE r.status = 'ok' AND m.value IS NOT NULL {where}
 GROUP BY ALL
 """
 
-STATS_NOTE = (
-    "mean ± std (sample) over seeds; n = runs with status ok; 95% CI = Student t interval mean ± t(0.975, n-1)·std/√n "
-    "('-' for n = 1); Δ and p = two-sided paired t-test of the primary metric against the suite's baseline on matching "
-    "seeds (pairs = seeds both ran); rank = rank group: sorted by mean, an entry shares the rank of the group leader "
-    "whose CI its CI overlaps (statistically tied); failed = runs not ok (diverged included), diverged = of which diverged"
-)
+TEST_NAMES = {"t": "paired t-test", "wilcoxon": f"Wilcoxon signed-rank test (needs ≥ {stats.MIN_WILCOXON_PAIRS} pairs)"}
+CORRECTION_NAMES = {
+    "holm": "Holm-adjusted over the board's comparisons with the baseline (family-wise error rate)",
+    "bh": "Benjamini–Hochberg-adjusted over the board's comparisons with the baseline (false discovery rate)",
+    "none": "not corrected for the board's multiple comparisons",
+}
+CORRECTION_LABELS = {"holm": "Holm", "bh": "BH", "none": "raw"}
+
+
+def stats_note(test: str = "t", correction: str = "holm") -> str:
+    """The footnote under a board: every statistic in its table, with the test and correction used."""
+    return (
+        "mean ± std (sample) over seeds; n = runs with status ok; 95% CI = Student t interval mean ± t(0.975, n-1)·std/√n "
+        f"('-' for n = 1); Δ = mean paired difference of the primary metric from the suite's baseline on matching seeds "
+        f"(pairs = seeds both ran); p = two-sided {TEST_NAMES[test]}, {CORRECTION_NAMES[correction]}; "
+        f"▲/▼ = better/worse than the baseline at p < {stats.ALPHA:g} after that correction (uncorrected p in csv/json); "
+        "rank = rank group: sorted by mean, an entry shares the rank of the group leader "
+        "whose CI its CI overlaps (statistically tied); failed = runs not ok (diverged included), diverged = of which diverged"
+    )
+
+
+STATS_NOTE = stats_note()
 
 
 @dataclass
@@ -72,6 +91,7 @@ class Entry:
     rank: int | None = None  # rank group (see harness.stats.rank_groups)
     seeds: dict[int, float] = field(default_factory=dict)  # seed -> primary metric
     baseline_test: stats.PairedTest | None = None  # None for the baseline itself or when there is none
+    p_corrected: float | None = None  # baseline_test.p after the board's multiple-comparison correction
 
     @property
     def primary_mean(self) -> float | None:
@@ -85,12 +105,30 @@ class Entry:
             return None
         return stats.Interval(m["ci_low"], m["ci_high"])
 
+    @property
+    def versus_baseline(self) -> str | None:
+        """'better' or 'worse' when the corrected p < ALPHA (by the sign of Δ and the metric's
+        direction), 'tied' when not, None without a test."""
+        test = self.baseline_test
+        if test is None or self.p_corrected is None or test.mean_diff is None:
+            return None
+        if self.p_corrected >= stats.ALPHA or test.mean_diff == 0:
+            return "tied"
+        return "better" if (test.mean_diff > 0) == self.higher_is_better else "worse"
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        verdict = self.versus_baseline
+        return None if verdict is None else verdict == "better"
+
 
 @dataclass
 class Board:
     protocol: dict[str, Any]
     entries: list[Entry]
     baseline: str | None = None  # the suite's baseline entry name (None if the suite is not installed)
+    test: str = "t"  # the paired test against the baseline (harness.stats.TESTS)
+    correction: str = "holm"  # the multiple-comparison correction of its p-values (harness.stats.CORRECTIONS)
 
     @property
     def title(self) -> str:
@@ -114,10 +152,16 @@ def installed_baselines() -> dict[str, str]:
 
 
 def build_boards(
-    con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None, baselines: dict[str, str] | None = None
+    con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None, baselines: dict[str, str] | None = None,
+    test: str = "t", correction: str = "holm",
 ) -> list[Board]:
     """Every protocol's leaderboard. `baselines` maps suite -> baseline entry (default: what the
-    runs recorded; the installed suites' only for suites whose runs recorded none)."""
+    runs recorded; the installed suites' only for suites whose runs recorded none). `test` and
+    `correction` choose the paired test against the baseline and its multiple-comparison correction."""
+    if test not in stats.TESTS:
+        raise ValueError(f"unknown test {test!r}; expected one of {', '.join(stats.TESTS)}")
+    if correction not in stats.CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; expected one of {', '.join(stats.CORRECTIONS)}")
     if baselines is None:
         try:
             baselines = dict(con.execute("SELECT suite, min(baseline) FROM runs WHERE baseline IS NOT NULL GROUP BY suite").fetchall())
@@ -152,7 +196,7 @@ def build_boards(
     out = []
     for key in sorted(boards, key=lambda k: tuple(str(x) for x in k)):
         entries = sorted(boards[key].values(), key=lambda e: e.method)
-        board = Board(dict(zip(PROTOCOL_KEYS, key)), entries, baselines.get(key[0]))
+        board = Board(dict(zip(PROTOCOL_KEYS, key)), entries, baselines.get(key[0]), test=test, correction=correction)
         _rank(entries)
         _compare_with_baseline(board)
         entries.sort(key=lambda e: (e.rank is None, e.rank or 0, _best_first(e), e.method))
@@ -178,9 +222,13 @@ def _compare_with_baseline(board: Board) -> None:
     base = next((e for e in board.entries if e.method == board.baseline), None)
     if base is None:
         return
-    for e in board.entries:
-        if e is not base and e.seeds:
-            e.baseline_test = stats.paired_t_test(e.seeds, base.seeds)
+    compared = [e for e in board.entries if e is not base and e.seeds]
+    for e, test in zip(compared, stats.paired_tests([e.seeds for e in compared], base.seeds, board.test)):
+        e.baseline_test = test
+    # the board's comparisons with its baseline are one family
+    corrected = stats.correct_p_values([e.baseline_test.p for e in compared], board.correction)
+    for e, p in zip(compared, corrected):
+        e.p_corrected = p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +268,11 @@ def ci_text(m: dict[str, Any] | None) -> str:
     return f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
 
 
+MARKS = {"better": " ▲", "worse": " ▼"}
+
+
 def comparison_text(board: Board, e: Entry) -> tuple[str, str]:
-    """(Δ vs baseline, p-value with the number of pairs) as shown in tables."""
+    """(Δ vs baseline, corrected p-value with its mark and the number of pairs) as shown in tables."""
     if board.baseline is None:
         return "-", "-"
     if e.method == board.baseline:
@@ -230,7 +281,12 @@ def comparison_text(board: Board, e: Entry) -> tuple[str, str]:
     if test is None or test.n_pairs == 0:
         return "-", "-"
     delta = f"{test.mean_diff:+.4f}"
-    return delta, f"{fmt_p(test.p)} (n={test.n_pairs})"
+    return delta, f"{fmt_p(e.p_corrected)}{MARKS.get(e.versus_baseline or '', '')} (n={test.n_pairs})"
+
+
+def p_header(board: Board) -> str:
+    """The p column's heading: against whom, by which test, with which correction."""
+    return f"p vs {board.baseline or 'baseline'} ({board.test}, {CORRECTION_LABELS[board.correction]})"
 
 
 def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
@@ -241,7 +297,7 @@ def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
             arrows[name] = "↑" if m["higher_is_better"] else "↓"
     primary = metrics[0] if metrics else None
     base = board.baseline or "baseline"
-    headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics[:1]), "95% CI", f"Δ vs {base}", f"p vs {base}"]
+    headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics[:1]), "95% CI", f"Δ vs {base}", p_header(board)]
     headers += [*(f"{n} {arrows.get(n, '')}".strip() for n in metrics[1:]), "n", "failed", "diverged"]
     rows = []
     for e in board.entries:
@@ -278,6 +334,10 @@ def to_records(boards: list[Board]) -> list[dict[str, Any]]:
                     "baseline": b.baseline,
                     "diff_vs_baseline": test.mean_diff if test else None,
                     "p_vs_baseline": test.p if test else None,
+                    "test": b.test,
+                    "correction": b.correction,
+                    "p_vs_baseline_corrected": e.p_corrected,
+                    "beats_baseline": e.beats_baseline,
                     "n_pairs": test.n_pairs if test else 0,
                     "failed": e.not_ok,
                     "diverged": e.diverged,
@@ -288,11 +348,50 @@ def to_records(boards: list[Board]) -> list[dict[str, Any]]:
     return out
 
 
+def finite_or_null(value: Any) -> Any:
+    """JSON has no NaN or Infinity (a mean of values near 1e308 overflows): they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# filters on a suite's own axes (`harness leaderboard setting=episodic`)
+# ---------------------------------------------------------------------------------------------
+
+
+def variant_axes(label: str) -> dict[str, str]:
+    """`"noise=sym,rate=0.5"` -> `{"noise": "sym", "rate": "0.5"}` (the label `RunSpec.variant_label` writes)."""
+    if label == "default":
+        return {}
+    pairs = (part.partition("=") for part in label.split(","))
+    return {key: value for key, sep, value in pairs if sep}
+
+
+def _same_value(stored: str, wanted: str) -> bool:
+    if stored == wanted or stored.lower() == wanted.lower():
+        return True
+    try:
+        return float(stored) == float(wanted)  # ratio=100 matches 100.0, rate=.5 matches 0.5
+    except ValueError:
+        return False
+
+
+def axes_match(label: str, wanted: dict[str, list[str]]) -> bool:
+    """Whether a board's variant has, for every wanted axis, one of the wanted values."""
+    axes = variant_axes(label)
+    return all(key in axes and any(_same_value(axes[key], v) for v in values) for key, values in wanted.items())
+
+
 def render(boards: list[Board], fmt: str = "table") -> str:
     from tabulate import tabulate
 
     if fmt == "json":
-        return json.dumps(to_records(boards), indent=2)
+        return json.dumps(finite_or_null(to_records(boards)), indent=2, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         metric_names: list[str] = []
@@ -301,7 +400,7 @@ def render(boards: list[Board], fmt: str = "table") -> str:
                 if name not in metric_names:
                     metric_names.append(name)
         writer = csv.writer(buf)
-        extra = ("ci_low", "ci_high", "baseline", "diff_vs_baseline", "p_vs_baseline", "n_pairs")
+        extra = ("ci_low", "ci_high", "baseline", "diff_vs_baseline", "p_vs_baseline", "n_pairs", "test", "correction", "p_vs_baseline_corrected", "beats_baseline")
         writer.writerow([*PROTOCOL_KEYS, "rank", "method", "n", "failed", "diverged", *extra, *(f"{n}_{s}" for n in metric_names for s in ("mean", "std"))])
         for record, (b, e) in zip(to_records(boards), ((board, e) for board in boards for e in board.entries)):
             values = []
@@ -316,5 +415,5 @@ def render(boards: list[Board], fmt: str = "table") -> str:
     for b in boards:
         headers, rows = _rows(b)
         heading = f"### {b.title}" if fmt == "markdown" else b.title
-        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{STATS_NOTE}\n")
+        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{stats_note(b.test, b.correction)}\n")
     return "\n".join(parts)

@@ -1,8 +1,10 @@
-"""Classification metrics shared by suites: accuracy, per-class accuracy, shot groups, ECE."""
+"""Classification metrics shared by suites: accuracy, per-class accuracy, shot groups, ECE, and
+out-of-distribution detection (AUROC, FPR at 95% TPR, AUPR over MSP, max-logit and energy scores)."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -44,3 +46,74 @@ def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, bins: int 
         if in_bin.any():
             ece += in_bin.float().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
     return float(ece)
+
+
+# ---------------------------------------------------------------------------------------------
+# detection metrics (in-distribution = positive class, higher score = more in-distribution)
+# ---------------------------------------------------------------------------------------------
+
+
+def auroc(score_in: torch.Tensor, score_out: torch.Tensor) -> float:
+    """Area under the ROC curve = P(s_in > s_out) + 0.5 P(s_in = s_out) (Mann-Whitney U / n_in n_out)."""
+    s_in, s_out = score_in.double().flatten(), score_out.double().flatten()
+    if not len(s_in) or not len(s_out):
+        return float("nan")
+    allv = torch.cat([s_in, s_out])
+    # average ranks with ties
+    order = torch.argsort(allv, stable=True)
+    sorted_v = allv[order]
+    ranks = torch.empty_like(allv)
+    _uniq, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
+    ranks[order] = avg[inverse]
+    n1, n2 = len(s_in), len(s_out)
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    return float(u / (n1 * n2))
+
+
+def fpr_at_tpr(score_in: torch.Tensor, score_out: torch.Tensor, tpr: float = 0.95) -> float:
+    """False-positive rate on OOD at the largest threshold t whose TPR (in-distribution s >= t) is >= `tpr`."""
+    s_in, s_out = score_in.double().flatten(), score_out.double().flatten()
+    if not len(s_in) or not len(s_out):
+        return float("nan")
+    desc = torch.sort(s_in, descending=True).values
+    k = max(1, math.ceil(tpr * len(desc) - 1e-9))
+    threshold = desc[k - 1]
+    return float((s_out >= threshold).double().mean())
+
+
+def aupr(score_pos: torch.Tensor, score_neg: torch.Tensor) -> float:
+    """Average precision with `score_pos` the positives: sum over distinct thresholds of
+    (R_n - R_{n-1}) P_n (scikit-learn's `average_precision_score`; no interpolation)."""
+    pos, neg = score_pos.double().flatten(), score_neg.double().flatten()
+    if not len(pos):
+        return float("nan")
+    scores = torch.cat([pos, neg])
+    labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+    order = torch.argsort(scores, descending=True, stable=True)
+    scores, labels = scores[order], labels[order]
+    tp, fp = torch.cumsum(labels, 0), torch.cumsum(1 - labels, 0)
+    last = torch.ones_like(scores, dtype=torch.bool)  # last index of each tie group
+    last[:-1] = scores[1:] != scores[:-1]
+    tp, fp = tp[last], fp[last]
+    precision, recall = tp / (tp + fp), tp / len(pos)
+    prev = torch.cat([torch.zeros(1, dtype=recall.dtype), recall[:-1]])
+    return float(((recall - prev) * precision).sum())
+
+
+def ood_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Higher = more in-distribution: maximum softmax probability (Hendrycks & Gimpel 2017),
+    max logit (Hendrycks et al. 2022), negative energy logsumexp(z) (Liu et al. 2020, T = 1)."""
+    z = logits.float()
+    return {"msp": z.softmax(1).max(1).values, "maxlogit": z.max(1).values, "energy": torch.logsumexp(z, 1)}
+
+
+def detection_metrics(logits_in: torch.Tensor, logits_out: torch.Tensor) -> dict[str, float]:
+    s_in, s_out = ood_scores(logits_in), ood_scores(logits_out)
+    out: dict[str, float] = {}
+    for name in s_in:
+        out[f"auroc_{name}"] = auroc(s_in[name], s_out[name])
+        out[f"fpr95_{name}"] = fpr_at_tpr(s_in[name], s_out[name], 0.95)
+        out[f"aupr_{name}"] = aupr(s_in[name], s_out[name])
+    return out

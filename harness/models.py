@@ -1,4 +1,5 @@
-"""Model factories `(num_classes, in_chans, img_size) -> nn.Module` and the classifier-head seam.
+"""Model factories `(num_classes, in_chans, img_size) -> nn.Module`, the classifier-head seam, and
+what protocols compute on trained models (diagonal Fisher information, BatchNorm recalibration).
 
 Every model the harness builds exposes its final linear layer through `get_classifier` /
 `set_classifier`, so a method can reshape the head (LDAM's cosine classifier) whatever the
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from harness.errors import HarnessError
@@ -52,6 +55,71 @@ def set_classifier(model: nn.Module, head: nn.Module) -> None:
                 return
         raise HarnessError(f"could not locate the classifier of {type(model).__name__} to replace it")
     model.classifier = head
+
+
+# ---------------------------------------------------------------------------------------------
+# what protocols compute on a trained model: diagonal Fisher, BatchNorm recalibration
+# ---------------------------------------------------------------------------------------------
+
+
+def diagonal_fisher(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Diagonal of the Fisher information of `model` at its current weights, on float inputs `x`.
+
+    F_i = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d theta_i)^2: the expectation over the
+    model's own predictive distribution, computed exactly (every class, no label sampling), as
+    in Kirkpatrick et al. 2017 (EWC) and Matena & Raffel 2022 (Fisher merging). The model runs
+    in eval mode (BatchNorm uses its running statistics), so per-sample gradients are exact.
+    Returns one float32 tensor per trainable parameter name, on the parameters' device.
+    """
+    was_training = model.training
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    fisher = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
+
+    def log_prob(p: dict[str, torch.Tensor], xi: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return (out.float().log_softmax(-1)[0] * onehot).sum()
+
+    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    n = len(x)
+    try:
+        for start in range(0, n, batch_size):
+            xb = x[start : start + batch_size]
+            with torch.no_grad():
+                probs = model(xb).float().softmax(-1)
+            for c in range(probs.shape[1]):
+                onehot = torch.zeros_like(probs)
+                onehot[:, c] = 1.0
+                grads = per_sample(params, xb, onehot)
+                w = probs[:, c]
+                for k, g in grads.items():
+                    fisher[k] += (w.view(-1, *([1] * (g.dim() - 1))) * g.float().pow(2)).sum(0)
+    finally:
+        model.train(was_training)
+    return {k: v / max(1, n) for k, v in fisher.items()}
+
+
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, normalizer: Any, device: str, batch_size: int = 200) -> None:
+    """Recompute every BatchNorm's running statistics as the plain average over batches of uint8
+    images `x` (normalised by `normalizer`), e.g. after merging weights; leaves the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    norm = normalizer.to(device)
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            if len(xb) > 1:
+                model(norm(xb.to(device)))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.errors import HarnessError, RunDiverged
 from harness.spec import RunSpec
-from harness.store import ResultStore
+from harness.store import CLAIM_TTL_OTHER_HOST_S, ClaimHolder, ResultStore
 from harness.suite import RunContext, Suite
 
 
@@ -74,7 +74,7 @@ def provenance(catalog: Any, suite: Suite, spec: RunSpec, device: str) -> dict[s
 
     plugins = {suite.plugin: suite.plugin_version}
     for m in spec.methods:
-        method = catalog.methods.get(dict(m)["name"])
+        method = catalog.methods.get(m.name)
         plugins[method.plugin] = method.plugin_version
     recipe = spec.recipe_dict()
     for obj in (catalog.dataset(recipe["dataset"]), catalog.model(recipe["model"])):
@@ -162,6 +162,48 @@ def _ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+WAIT_POLL_S = 0.5
+
+
+def wait_for_other_holders(store: ResultStore, held: dict[str, RunSpec], *, say: Callable[[str], None] | None = None) -> None:
+    """Wait while live processes of other commands (or hosts) hold these runs' claims and their
+    results have not appeared. Says who holds them (process, host, since when) and the way out:
+    a claim whose process is gone for good (e.g. its machine went down) can be deleted, and this
+    command then takes the run over. Said again whenever the set of holding processes changes."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    told: frozenset[tuple[int | None, str]] = frozenset()
+    while True:
+        holders = {}
+        for rid in held:
+            holder = None if store.has_result(rid) else store.claim_holder(rid)
+            if holder is not None:
+                holders[rid] = holder
+        if not holders:
+            return
+        current = frozenset((h.pid, h.host) for h in holders.values())
+        if current != told:
+            told = current
+            say(_holders_text(store, held, holders))
+        time.sleep(WAIT_POLL_S)
+
+
+def _holders_text(store: ResultStore, held: dict[str, RunSpec], holders: dict[str, ClaimHolder]) -> str:
+    by_holder: dict[tuple[int | None, str], tuple[ClaimHolder, list[str]]] = {}
+    for rid, holder in holders.items():
+        by_holder.setdefault((holder.pid, holder.host), (holder, []))[1].append(rid)
+    lines = [f"waiting for {len(holders)} run(s) that another harness process holds:"]
+    for holder, rids in by_holder.values():
+        names = ", ".join(f"{held[r].entry} seed={held[r].seed}" for r in rids[:4]) + (f" and {len(rids) - 4} more" if len(rids) > 4 else "")
+        lines.append(f"  {holder.describe()}: {names}")
+        if len(rids) <= 5:
+            files = " ".join(str(store.claim_file(r)) for r in rids)
+        else:  # every claim file of that process
+            files = f"$(grep -l '\"pid\": {holder.pid}, \"host\": \"{holder.host}\"' {store.runs_dir}/*/.claim)"
+        expiry = "" if holder.host == socket.gethostname() else f"; otherwise its claims expire {CLAIM_TTL_OTHER_HOST_S // 3600} h after they were made"
+        lines.append(f"  if that process is gone for good (e.g. its machine went down), delete its claim file(s) and this command takes the run(s) over{expiry}: rm {files}")
+    return "\n".join(lines)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
@@ -224,9 +266,7 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
         for _ in range(3):  # runs held by another command: wait for them, take over any it abandons
             if not held_elsewhere:
                 break
-            print(f"waiting for {len(held_elsewhere)} run(s) that another harness process is training", file=sys.stderr)
-            while any(store.is_claimed_by_other(rid) and not store.has_result(rid) for rid in held_elsewhere):
-                time.sleep(0.5)
+            wait_for_other_holders(store, held_elsewhere)
             abandoned = [s for rid, s in held_elsewhere.items() if not store.has_result(rid)]
             held_elsewhere.clear()
             executor.run(abandoned, sink)

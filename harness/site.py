@@ -7,12 +7,15 @@ Pages (flat in the output folder, so every link is a plain relative file name):
   method;
 - `suite-*.html`: a suite's card and its leaderboards;
 - `board-*.html`: one protocol's leaderboard: a sortable table with the statistics of
-  `harness.leaderboard` (95% Student t intervals, paired t-tests against the baseline, rank
-  groups), failed and diverged runs, and the plots (inline SVG drawn here: per-class accuracy by
+  `harness.leaderboard` (95% Student t intervals, paired t-tests against the baseline with
+  Holm-corrected p-values, rank groups), failed and diverged runs, and the plots (inline SVG drawn here: per-class accuracy by
   training-class frequency where a run stores `per_class_accuracy` and `class_counts`, and every
   other stored series as a curve per entry, mean over seeds);
 - `method-*.html`: a method's card (from the installed plugins) and all its results;
-- `run-*.html`: one run's spec, provenance, metrics and curves.
+- `run-*.html`: one run's spec, provenance, metrics and curves;
+- `aggregate.html`: one ranking of every method across all boards (`harness.aggregate`: average
+  rank, Friedman test, Nemenyi critical difference with its diagram, IQM of normalised scores
+  with stratified bootstrap intervals, probability of improvement, performance profiles).
 
 The page template and the assets (CSS, the table-sorting script) live in the repository's
 `leaderboard/` folder. Nothing is fetched from the network: no CDN, no web fonts.
@@ -41,17 +44,20 @@ from urllib.parse import urlparse
 
 from harness.errors import HarnessError
 from harness.leaderboard import (
+    CORRECTION_NAMES,
     PROTOCOL_KEYS,
+    TEST_NAMES,
     Board,
     Entry,
     _metric_order,
     build_boards,
     ci_text,
     comparison_text,
-    fmt_p,
+    p_header,
 )
 
 ASSETS = ("style.css", "sort.js")
+AGGREGATE_PAGE = "aggregate.html"
 TEMPLATE = "page.html"
 MARKER = ".harness-site"  # marks a folder `harness publish` wrote, so it may replace it
 MARKER_TEXT = "This folder was written by `harness publish`; publishing again replaces its contents.\n"
@@ -301,6 +307,64 @@ def figure(svg: str, lines: list[Line], caption: str) -> str:
     return f'<figure>{svg}<figcaption>{esc(caption)}<ul class="legend">{legend}</ul></figcaption></figure>'
 
 
+def svg_cd_diagram(ranks: list[tuple[str, float]], cd: float, *, title: str, width: int = 720) -> str:
+    """A critical-difference diagram (Demšar 2006, Fig. 1) as inline SVG: the rank axis (1 = best, at
+    the left), each method's average rank with its name (better half on the left, the rest on the
+    right), a bar of length CD, and a thick line under every maximal group of methods whose ranks lie
+    within CD of each other (not significantly different). Deterministic: fixed precision, input order
+    broken by name."""
+    if len(ranks) < 2:
+        return ""
+    items = sorted(ranks, key=lambda r: (r[1], r[0]))
+    k = len(items)
+    left, right, top, row_h = 190, width - 190, 52, 17
+    fx = lambda r: left + (r - 1) / max(k - 1, 1) * (right - left)  # noqa: E731
+    c = lambda v: f"{v:.1f}"  # noqa: E731
+    # maximal runs of consecutive (sorted) methods spanning less than CD
+    groups, last_end = [], -1
+    for i in range(k):
+        j = i
+        while j + 1 < k and items[j + 1][1] - items[i][1] < cd:
+            j += 1
+        if j > i and j > last_end:
+            groups.append((i, j))
+            last_end = j
+    first_row = top + 16 + 7 * len(groups)
+    half = (k + 1) // 2
+    height = first_row + row_h * max(half, k - half) + 10
+    bar_end = min(1 + cd, k)  # a CD wider than the whole axis: every method ties
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart cd-diagram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}" font-family="system-ui, sans-serif" font-size="11">',
+        f"<title>{esc(title)}</title>",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{width / 2:.1f}" y="14" text-anchor="middle" font-size="12" font-weight="600">{esc(title)}</text>',
+        # the CD bar, from rank 1
+        f'<line x1="{c(fx(1))}" x2="{c(fx(bar_end))}" y1="26" y2="26" stroke="#1d2330" stroke-width="2"/>',
+        f'<line x1="{c(fx(1))}" x2="{c(fx(1))}" y1="22" y2="30" stroke="#1d2330"/><line x1="{c(fx(bar_end))}" x2="{c(fx(bar_end))}" y1="22" y2="30" stroke="#1d2330"/>',
+        f'<text x="{c(fx(bar_end) + 6)}" y="29">CD = {cd:.2f}{" (wider than the axis)" if bar_end < 1 + cd else ""}</text>',
+        f'<line x1="{left}" x2="{right}" y1="{top}" y2="{top}" stroke="#1d2330"/>',
+    ]
+    for r in range(1, k + 1):
+        parts.append(f'<line x1="{c(fx(r))}" x2="{c(fx(r))}" y1="{top - 5}" y2="{top}" stroke="#1d2330"/>')
+        parts.append(f'<text x="{c(fx(r))}" y="{top - 8}" text-anchor="middle">{r}</text>')
+    for g, (i, j) in enumerate(groups):
+        y = top + 10 + 7 * g
+        parts.append(f'<line class="cd-group" x1="{c(fx(items[i][1]) - 4)}" x2="{c(fx(items[j][1]) + 4)}" y1="{y}" y2="{y}" stroke="#d62728" stroke-width="3" stroke-linecap="round"/>')
+    for n, (name, rank) in enumerate(items):
+        on_left = n < half
+        y = first_row + row_h * (n if on_left else k - 1 - n)
+        end = left - 10 if on_left else right + 10
+        label = f"{name} ({rank:.2f})"
+        parts.append(
+            f'<g class="cd-method"><title>{esc(label)}</title>'
+            f'<polyline fill="none" stroke="#5b6475" points="{c(fx(rank))},{top} {c(fx(rank))},{y} {end},{y}"/>'
+            f'<circle cx="{c(fx(rank))}" cy="{top}" r="2.5" fill="#1d2330"/>'
+            f'<text x="{end - 4 if on_left else end + 4}" y="{y}" text-anchor="{"end" if on_left else "start"}" dominant-baseline="middle">{esc(label)}</text></g>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _mean_curve(curves: list[list[float | None]]) -> list[float | None]:
     """Index-wise mean over seeds, ignoring missing values."""
     length = max((len(c) for c in curves), default=0)
@@ -409,16 +473,22 @@ def board_key(board: Board) -> tuple:
 # page parts
 # ---------------------------------------------------------------------------------------------
 
-STATS_HTML = (
+def stats_html(test: str = "t", correction: str = "holm") -> str:
+    """The footnote of the site's boards (the published boards use the defaults)."""
+    return (
     "<p class=\"note\">Per entry: mean ± sample standard deviation over seeds (n = runs with status ok). "
     "<strong>95% CI</strong>: Student t interval of the mean, mean ± t<sub>0.975, n-1</sub>·s/√n; undefined (-) for n = 1. "
-    "<strong>Δ, p vs baseline</strong>: two-sided paired t-test of the primary metric against the suite's baseline on "
-    "matching seeds (pairs = seeds both ran). <strong>Rank</strong> is a rank group: entries sorted by mean, the first "
+    "<strong>Δ vs baseline</strong>: mean paired difference of the primary metric from the suite's baseline on matching "
+    f"seeds (pairs = seeds both ran); <strong>p vs baseline</strong>: two-sided {esc(TEST_NAMES[test])}, {esc(CORRECTION_NAMES[correction])}; "
+    "▲/▼: better/worse than the baseline at p &lt; 0.05 after that correction. <strong>Rank</strong> is a rank group: entries sorted by mean, the first "
     "leads group 1, each next entry joins the current group if its CI overlaps the group leader's CI, else it leads a "
     "new group, so entries sharing a rank are statistically tied (an entry with one seed counts as the point at its "
     "mean). <strong>failed</strong>: runs not ok (diverged included); <strong>diverged</strong>: of which diverged. "
     "Click a column header to sort.</p>"
-)
+    )
+
+
+STATS_HTML = stats_html()
 
 
 def suite_card(data: SiteData, suite: str, versions: list[str]) -> str:
@@ -507,7 +577,7 @@ def board_table(data: SiteData, board: Board) -> str:
     base = board.baseline or "baseline"
     head = ["rank", "method"]
     if metrics:
-        head += [f"{metrics[0]} {'↑' if direction[metrics[0]] else '↓'}", "95% CI", f"Δ vs {base}", f"p vs {base} (paired t)"]
+        head += [f"{metrics[0]} {'↑' if direction[metrics[0]] else '↓'}", "95% CI", f"Δ vs {base}", p_header(board)]
     head += [f"{n} {'↑' if direction[n] else '↓'}" for n in metrics[1:]] + ["n", "failed", "diverged", "runs (by seed)"]
     rows = []
     for e in board.entries:
@@ -520,7 +590,7 @@ def board_table(data: SiteData, board: Board) -> str:
                 num_cell(_mean_std(m), m.get("mean")),
                 num_cell(ci_text(m), m.get("ci_low")),
                 num_cell(delta, test.mean_diff if test and test.n_pairs else None),
-                num_cell(p if p == "baseline" else (f"{fmt_p(test.p)} (n={test.n_pairs})" if test and test.n_pairs else "-"), test.p if test else None),
+                num_cell(p, e.p_corrected),
             ]
         for n in metrics[1:]:
             m = e.metrics.get(n) or {}
@@ -598,6 +668,7 @@ class Site:
             self.method(name)
         for run in d.runs.values():
             self.run(run)
+        self.aggregate()
         return self.pages
 
     def _versions(self, suite: str) -> list[str]:
@@ -612,6 +683,9 @@ class Site:
             f"({sum(r['status'] == 'ok' for r in runs)} ok, {sum(r['status'] == 'diverged' for r in runs)} diverged, "
             f"{sum(r['status'] not in ('ok', 'diverged') for r in runs)} failed or timed out).</p>",
             STATS_HTML,
+            f"<p>{link(AGGREGATE_PAGE, 'Across suites')}: one ranking of every method over all {len(d.boards)} leaderboard(s) "
+            "(average rank, Friedman test and critical-difference diagram, IQM of normalised scores, probability of "
+            "improvement over the baseline, performance profiles).</p>",
         ]
         if not suites:
             body.append('<p class="warn">The database holds no runs yet.</p>')
@@ -712,7 +786,7 @@ class Site:
                     ]
                 )
         body.append("<h2>Results</h2>")
-        body.append(table(["suite", "leaderboard", "entry", "rank", "metric", "mean ± std", "95% CI", "Δ vs baseline", "p vs baseline", "n", "failed"], rows, sortable=True) if rows else "<p>No stored results.</p>")
+        body.append(table(["suite", "leaderboard", "entry", "rank", "metric", "mean ± std", "95% CI", "Δ vs baseline", "p vs baseline (corrected)", "n", "failed"], rows, sortable=True) if rows else "<p>No stored results.</p>")
         self.page(method_page(name), f"method {name}", "\n".join(body))
 
     def run(self, r: dict[str, Any]) -> None:
@@ -746,6 +820,46 @@ class Site:
             body.append("<h2>Info</h2>" + pretty_json(r["info"]))
         crumbs = [(suite_page(r["suite"]), r["suite"])] + ([(board_page(board.protocol), f"{r['scale']} · {r['variant']}")] if board else [])
         self.page(run_page(r["run_id"]), f"run {r['run_id']}", "\n".join(body), crumbs)
+
+    def aggregate(self) -> None:
+        """One ranking across every board (harness.aggregate), with its diagrams."""
+        from harness import aggregate as agg_mod
+
+        d = self.data
+        agg = agg_mod.aggregate(d.boards)
+        body = [f"<p>{esc(agg_mod.headline(agg))}.</p>", f'<p class="note"><strong>Score normalisation</strong>: {esc(agg_mod.NORMALISATION_NOTE)}.</p>']
+        if agg.notes:
+            body.append('<div class="warn"><p>Left out:</p><ul>' + "".join(f"<li>{esc(n)}</li>" for n in agg.notes) + "</ul></div>")
+        rows = []
+        for s in agg.methods:
+            rows.append([
+                f'<td class="method">{link(method_page(s.method), s.method) if "+" not in s.method else esc(s.method)}</td>',
+                num_cell(str(s.boards), s.boards), num_cell(f"{s.avg_rank:.2f}", s.avg_rank),
+                num_cell(agg_mod._fmt(s.friedman_rank, 2), s.friedman_rank), num_cell(agg_mod._fmt(s.iqm), s.iqm),
+                num_cell(agg_mod.interval_text(s), s.iqm_low),
+                num_cell("-" if s.p_improvement is None else f"{s.p_improvement:.2f} ({s.improvement_boards})", s.p_improvement),
+                *(num_cell(agg_mod._fmt(agg_mod.profile_at(s, t), 2), agg_mod.profile_at(s, t)) for t in agg_mod.TABLE_TAUS),
+            ])
+        headers = ["method", "boards", "avg rank", "Friedman rank", "IQM (normalised)", "95% CI (stratified bootstrap)", "P(> baseline) (boards)", *(f"profile τ={t:g}" for t in agg_mod.TABLE_TAUS)]
+        body.append("<h2>Ranking</h2>" + (table(headers, rows, sortable=True) if rows else "<p>No board ranks two entries yet.</p>"))
+        body.append("<h2>Critical-difference diagram</h2>" + f"<p>{esc(agg.friedman_note)}</p>")
+        if agg.critical_difference is not None:
+            ranks = [(s.method, s.friedman_rank) for s in agg.methods if s.friedman_rank is not None]
+            svg = svg_cd_diagram(ranks, agg.critical_difference, title=f"average ranks on {agg.friedman.boards} boards (1 = best)")
+            body.append(f"<figure>{svg}<figcaption>{esc('Each method at its average rank over the boards that rank all of them; a red line joins methods whose ranks differ by less than the critical difference (not significantly different, Nemenyi test at α = 0.05).')}</figcaption></figure>")
+        profiled = [s for s in agg.methods if s.profile is not None]
+        if profiled:
+            lines = [Line(s.method, PALETTE[i % len(PALETTE)], DASHES[(i // len(PALETTE)) % len(DASHES)], list(zip(agg.taus, s.profile)), markers=True) for i, s in enumerate(profiled)]
+            svg = svg_chart(lines, title="performance profiles", x_label="τ (normalised score: 0 = baseline, 1 = best entry)", y_label="fraction of boards with score ≥ τ")
+            caption = "For each τ, the fraction of a method's boards on which its mean normalised score is at least τ."
+            body.append("<h2>Performance profiles</h2>" + f'<div class="plots">{figure(svg, lines, caption)}</div>')
+        board_rows = [
+            [link(board_page(t.protocol), t.title), esc(t.baseline or "-"), "yes" if t.span is not None else esc(f"no: {t.left_out}")]
+            for t in agg.tasks
+        ]
+        body.append("<h2>Boards</h2>" + table(["leaderboard", "baseline", "in the normalised statistics"], board_rows))
+        body.append('<p class="note">' + "<br>".join(esc(n) for n in agg_mod.footnote(agg)) + "</p>")
+        self.page(AGGREGATE_PAGE, "across suites: one ranking of every method", "\n".join(body))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,9 +905,7 @@ def publish(results: Path, out: Path, *, catalog: Any = None) -> PublishReport:
     """Write the site for the results folder `results` into `out` (see the module doc)."""
     from harness.store import ResultStore
 
-    store = ResultStore(results)
-    if not store.db_path.exists() and store.result_paths():
-        store.sync()  # result files without a database (e.g. copied in): build it
+    store = ResultStore(results)  # a missing or unreadable database is built from the result files, with warnings
     if catalog is None:
         from harness.catalog import load_catalog
 

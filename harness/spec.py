@@ -8,7 +8,8 @@ Keys (everything else is an error that lists the valid keys):
 - `suite=NAME` (required), `scale=tiny|paper`, `results=DIR`, `device=auto|cpu|cuda`
 - execution (not part of a run's identity): `jobs=N`, `executor=local|ray`, `address=...`,
   `timeout=SECONDS`, `retries=N`, `compile=true`
-- `method=a,b+c` entries (a `+` combines methods of different kinds into one entry)
+- `method=a,b+c` entries (a `+` combines methods of different kinds into one entry; the core
+  refuses, before training, two methods that own one role of the training step)
 - `seed=0,1,2` or `seeds=N` (seeds 0..N-1)
 - recipe keys: dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs
 - the suite's own axes (e.g. `ratio=10,100` for long_tail)
@@ -24,14 +25,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.params import Param, resolve_params
+from harness.method import MethodRef
+from harness.params import Param
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.suite import Suite
 
 SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries", "compile"}
-KIND_ORDER = ("loss", "augmentation", "merging", "unlearning", "tta", "strategy")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -65,7 +66,7 @@ class RunSpec:
     suite_version: str
     scale: str
     variant: tuple[tuple[str, Any], ...]
-    methods: tuple[tuple[tuple[str, Any], ...], ...]  # each: sorted (key, value) of name/kind/version/params
+    methods: tuple[MethodRef, ...]  # in entry order (kinds' order)
     seed: int
     recipe: tuple[tuple[str, Any], ...]
 
@@ -75,7 +76,7 @@ class RunSpec:
             "suite_version": self.suite_version,
             "scale": self.scale,
             "variant": dict(self.variant),
-            "methods": [_method_dict(m) for m in self.methods],
+            "methods": [m.canonical() for m in self.methods],
             "seed": self.seed,
             "recipe": _thaw(self.recipe),
         }
@@ -89,25 +90,23 @@ class RunSpec:
     def entry(self) -> str:
         """The leaderboard entry: method names joined by '+', a method version other than 1 as
         `@v`, non-default hyper-parameters in brackets — so versions and settings never share a row."""
-        parts = []
-        for m in self.methods:
-            d = dict(m)
-            changed = dict(d.get("changed", ()))
-            version = f"@{d['version']}" if str(d.get("version", "1")) != "1" else ""
-            parts.append(d["name"] + version + (f"[{','.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""))
-        return "+".join(parts)
+        return "+".join(m.label for m in self.methods)
 
     @property
     def variant_label(self) -> str:
         """`key=value` of the suite's axes; an axis set to "none" (not applicable) is left out."""
         return ",".join(f"{k}={v}" for k, v in self.variant if v != "none") or "default"
 
-    def method_params(self, kind: str) -> tuple[str, dict[str, Any]] | None:
+    def method(self, kind: str) -> MethodRef | None:
+        """The entry's method of `kind`, if it has one."""
         for m in self.methods:
-            d = dict(m)
-            if d["kind"] == kind:
-                return d["name"], dict(d["params"])
+            if m.kind == kind:
+                return m
         return None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(m.kind for m in self.methods)
 
     def recipe_dict(self) -> dict[str, Any]:
         return _thaw(self.recipe)
@@ -119,16 +118,10 @@ class RunSpec:
             suite_version=data["suite_version"],
             scale=data["scale"],
             variant=tuple(sorted(data["variant"].items())),
-            methods=tuple(_freeze(m) for m in data["methods"]),
+            methods=tuple(MethodRef.from_canonical(m) for m in data["methods"]),
             seed=int(data["seed"]),
             recipe=_freeze(data["recipe"]),
         )
-
-
-def _method_dict(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    d = dict(frozen)
-    # params/changed are dicts even when empty (a generic thaw cannot tell () from {})
-    return {**d, "params": {k: _thaw(v) for k, v in d["params"]}, "changed": {k: _thaw(v) for k, v in d["changed"]}}
 
 
 def _freeze(value: Any) -> Any:
@@ -147,19 +140,20 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-def _method_component(catalog: Catalog, name: str, params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    method = catalog.methods.get(name)
-    resolved = resolve_params(method.params, params, owner=name)
-    defaults = {p.name: p.default for p in method.params}
-    changed = {k: v for k, v in resolved.items() if v != defaults[k]}
-    return _freeze({"name": method.name, "kind": method.kind, "version": method.version, "params": resolved, "changed": changed})
-
-
 def default_entries(catalog: Catalog, suite: Suite) -> list[str]:
     """Every installed method of the suite's default kinds (alone; an entry without a loss trains
     with the suite's baseline loss)."""
-    kinds = suite.default_kinds or suite.ranks
-    return [m.name for m in catalog.methods if m.kind in kinds]
+    kinds = suite.default_kind_names(catalog)
+    return [m.name for m in catalog.methods if m.kind in kinds and (not m.suites or suite.name in m.suites)]
+
+
+def entry_refs(catalog: Catalog, entry: str) -> tuple[MethodRef, ...]:
+    """The methods of an entry text such as `ce+mixup`, at their defaults, in entry order."""
+    names = [n.strip() for n in entry.split("+")]
+    if any(not n for n in names):
+        raise HarnessError(f"bad method entry {entry!r}: join methods with single '+', e.g. ldam_drw+mixup")
+    methods = sorted((catalog.methods.get(n) for n in names), key=lambda m: catalog.kinds.get(m.kind).sort_key)
+    return tuple(MethodRef.of(m) for m in methods)
 
 
 def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list[RunSpec]]:
@@ -200,6 +194,10 @@ def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise HarnessError(f"unknown key {key!r}; {hint}valid keys for suite {suite.name}: {', '.join(valid)}, or METHOD.PARAM")
 
+    for epochs in recipe_values.get("epochs", [recipe.epochs]):
+        for warmup in recipe_values.get("warmup_epochs", [recipe.warmup_epochs]):
+            if warmup > epochs:
+                raise HarnessError(f"warmup_epochs={warmup} is longer than epochs={epochs}; choose warmup_epochs between 0 and {epochs}")
     for name in recipe_values.get("dataset", [recipe.dataset]):
         catalog.dataset(name)
     for name in recipe_values.get("model", [recipe.model]):
@@ -220,11 +218,11 @@ def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list
     specs: list[RunSpec] = []
     for variant, recipe_changes, components, seed in itertools.product(axis_grid, recipe_grid, [c for cs in entry_components for c in cs], seeds):
         if suite.derive_variant is not None:
-            kinds = tuple(dict(c)["kind"] for c in components)
+            kinds = tuple(c.kind for c in components)
             derived = suite.derive_variant(kinds)
             for key, value in derived.items():
                 if key in axis_values and variant[key] != value:
-                    names = "+".join(dict(c)["name"] for c in components)
+                    names = "+".join(c.name for c in components)
                     raise HarnessError(f"method entry {names!r} runs with {key}={value}, not {key}={variant[key]}; leave {key}= out, or choose methods that fit it")
             variant = {**variant, **derived}
         full_recipe = {**recipe.as_dict(), **recipe_changes}
@@ -251,8 +249,10 @@ def _seeds(overrides: dict[str, str], suite: Suite) -> list[int]:
     return list(range(n))
 
 
-def _entry_components(catalog: Catalog, suite: Suite, entry: str, method_overrides: dict[str, dict[str, list[Any]]]) -> list[tuple]:
-    """One entry (`a+b`) -> its method components, one tuple per hyper-parameter sweep point."""
+def _entry_components(catalog: Catalog, suite: Suite, entry: str, method_overrides: dict[str, dict[str, list[Any]]]) -> list[tuple[MethodRef, ...]]:
+    """One entry (`a+b`) -> its method references, one tuple per hyper-parameter sweep point."""
+    from harness.training import check_entry, owns_objective
+
     names = [n.strip() for n in entry.split("+")]
     if any(not n for n in names):
         raise HarnessError(f"bad method entry {entry!r}: join methods with single '+', e.g. ldam_drw+mixup")
@@ -261,16 +261,19 @@ def _entry_components(catalog: Catalog, suite: Suite, entry: str, method_overrid
     for kind in set(kinds):
         if kinds.count(kind) > 1:
             raise HarnessError(f"method entry {entry!r} has two methods of kind {kind!r}; combine methods of different kinds")
-    allowed = set(suite.ranks) | {"loss"}
+    allowed = suite.accepted_kind_names(catalog)
     for m in methods:
         if m.kind not in allowed:
-            raise HarnessError(f"suite {suite.name!r} does not run {m.kind} methods like {m.name!r}; it ranks {', '.join(suite.ranks)}")
-    if "loss" not in kinds and "loss" in suite.ranks:
-        names.append(suite.default_loss)
-    names.sort(key=lambda n: KIND_ORDER.index(catalog.methods.get(n).kind))
+            raise HarnessError(f"suite {suite.name!r} does not run {m.kind} methods like {m.name!r}; it runs {', '.join(sorted(allowed))} methods")
+    if suite.ranks_training(catalog) and not any(owns_objective(catalog, n) for n in names):
+        names.append(suite.default_loss)  # the entry trains with the suite's baseline loss
+    names.sort(key=lambda n: catalog.kinds.get(catalog.methods.get(n).kind).sort_key)
     sweeps = []
     for n in names:
+        method = catalog.methods.get(n)
         grid = method_overrides.get(n, {})
         points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-        sweeps.append([_method_component(catalog, n, p) for p in points])
-    return [tuple(combo) for combo in itertools.product(*sweeps)]
+        sweeps.append([MethodRef.of(method, p) for p in points])
+    combos = [tuple(combo) for combo in itertools.product(*sweeps)]
+    check_entry(catalog, combos[0])
+    return combos

@@ -28,6 +28,7 @@ brightness and make autocontrast a no-op).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -35,9 +36,11 @@ from torch.nn import functional as F
 
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
-from harness.kinds import Augmentation, AugmentContext, Method
+from harness.kinds.augmentation import Augmentation, AugmentContext
+from harness.method import Method
 from harness.models import get_classifier, set_classifier
 from harness.params import Param
+from harness.seams import Batch, Outputs
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers: soft targets, generator-driven Gamma/Beta sampling, mixing
@@ -116,7 +119,7 @@ class Mixup(Augmentation):
     `last_lam` and `last_perm` hold the latest draw (for inspection only).
     """
 
-    def __init__(self, ctx: AugmentContext, alpha: float = 1.0):
+    def __init__(self, ctx: AugmentContext, alpha: float):
         self.num_classes = ctx.num_classes
         self.alpha = alpha
         self.last_lam: torch.Tensor | None = None
@@ -156,7 +159,7 @@ class CutMix(Augmentation):
     mask built by comparisons on device: no host synchronisation.
     """
 
-    def __init__(self, ctx: AugmentContext, alpha: float = 1.0, prob: float = 0.5):
+    def __init__(self, ctx: AugmentContext, alpha: float, prob: float):
         self.num_classes = ctx.num_classes
         self.alpha, self.prob = alpha, prob
         self.last_lam: torch.Tensor | None = None
@@ -205,37 +208,41 @@ CUTMIX = Method(
 
 
 class RankMixup(Augmentation):
-    """Raw batch plus `num_mixup` mixed copies; a ranking loss on confidences via `loss_term`.
+    """The raw batch trains with the entry's loss; `num_mixup` mixed copies of it are a view the
+    model sees in a separate forward pass; a ranking loss on the raw and mixed confidences is
+    added (`extra_loss`). This is the authors' training step (their trainer: `outputs =
+    model(inputs)`, then `model.forward_multimixup(inputs, labels)` on the concatenated mixes, and
+    `loss_ce(outputs, labels) + alpha * loss_rank`): the loss sees the raw rows only, and BatchNorm
+    normalises the raw and the mixed rows as separate batches.
 
-    __call__ returns x' = [x; mix_1; ...; mix_M] with targets [t; t~_1; ...; t~_M], each mix with its
-    own lam_j ~ Beta(alpha, alpha) and permutation (as the authors' `mixup_process`). The
-    relevance of a row is the largest entry of its target (1 for a raw one-hot sample,
-    max(lam, 1-lam) for a mixed pair of different classes, 1 for a same-class pair).
+    Each mix j has its own lam_j ~ Beta(alpha, alpha) and permutation (the authors'
+    `mixup_process`). The relevance of a row is the largest entry of its target (1 for a raw
+    sample, max(lam, 1-lam) for a mixed pair of different classes, 1 for a same-class pair).
 
     M-NDCG (paper Sec. 3.3, authors' `RankMixup_MNDCG`): per raw sample, list its confidence
     c_0 = max softmax(z_raw) and the confidences c_j of its mixes sorted by relevance (descending),
     with relevances r_0, r_(j). DCG = sum_i c_i / log2(i + 2), IDCG = sum_i r_i / log2(i + 2)
     (i = 0..M), NDCG = DCG / IDCG if IDCG > DCG else IDCG / DCG;
-    loss_term = weight * mean_i (1 - NDCG_i).
+    term = weight * mean_i (1 - NDCG_i).
 
-    M-RL (paper Sec. 3.2, authors' `RankMixup_MRL`): loss_term = weight * mean over mixed rows of
+    M-RL (paper Sec. 3.2, authors' `RankMixup_MRL`): term = weight * mean over mixed rows of
     mask * max(0, max_k z_mix - max_k z_raw + margin), on logits as in the authors' code, where
     mask drops mixed rows as relevant as their raw sample (same-class pairs, lam in {0, 1}).
-
-    Harness deviation: the engine applies the run's loss (e.g. cross-entropy) to every row it is
-    given, so the mixed rows also get the loss against their mixup soft targets; the authors train
-    cross-entropy on the raw rows only. A core seam for per-row loss weights would make it exact.
     """
 
-    def __init__(self, ctx: AugmentContext, variant: str = "mndcg", alpha: float = 2.0, num_mixup: int = 0, weight: float = 0.1, margin: float = 2.0):
+    produces_soft_targets = False  # the entry's loss sees the raw rows and their labels only
+    VIEW = "rankmixup"
+
+    def __init__(self, ctx: AugmentContext, variant: str, alpha: float, num_mixup: int, weight: float, margin: float):
         self.num_classes = ctx.num_classes
         self.variant, self.alpha, self.weight, self.margin = variant, alpha, weight, margin
         self.num_mixup = num_mixup or (3 if variant == "mndcg" else 1)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixes(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """[mix_1; ...; mix_M] and their soft targets, each mix with its own lam and permutation."""
         t = as_soft(y, _num_classes(y, self.num_classes))
         lams = sample_beta(self.alpha, self.alpha, self.num_mixup, generator, x.device)
-        xs, ts = [x], [t]
+        xs, ts = [], []
         for j in range(self.num_mixup):  # a loop over the few mixed copies, not over samples
             perm = torch.randperm(x.shape[0], generator=generator, device=x.device)
             xm, tm = mix(x, t, lams[j], perm)
@@ -243,17 +250,35 @@ class RankMixup(Augmentation):
             ts.append(tm)
         return torch.cat(xs), torch.cat(ts)
 
-    def _split(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = self.num_mixup
-        total = logits.shape[0]
+    def transform(self, batch: Batch, generator: torch.Generator) -> Batch:
+        xm, tm = self.mixes(batch.x, batch.y, generator)
+        view = Batch(xm, tm, batch.index.new_full((len(tm),), -1))
+        return replace(batch, views={**batch.views, self.VIEW: view})
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw rows followed by the mixes (for callers of the plain augmentation interface);
+        the engine uses `transform`, which keeps the mixes in a separate view."""
+        xm, tm = self.mixes(x, y, generator)
+        return torch.cat([x, xm]), torch.cat([as_soft(y, _num_classes(y, self.num_classes)), tm])
+
+    def extra_loss(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        mixed_targets = batch.views[self.VIEW].y
+        return self.ranking_loss(out.logits, out.views[self.VIEW].logits, batch.y, mixed_targets)
+
+    def loss_term(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The ranking loss on the layout `__call__` returns: B raw rows, then the M x B mixed rows."""
+        total, m = logits.shape[0], self.num_mixup
         if total % (m + 1):
             raise ValueError(f"rankmixup: batch of {total} rows is not a raw batch plus {m} mixed copies")
         b = total // (m + 1)
-        rel = targets.float().max(dim=1).values if targets.dtype.is_floating_point else torch.ones(total, device=logits.device)
-        return logits[:b], logits[b:].view(m, b, -1), rel[:b], rel[b:].view(m, b)
+        return self.ranking_loss(logits[:b], logits[b:], targets[:b], targets[b:])
 
-    def loss_term(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        raw, mixed, rel_raw, rel_mix = self._split(logits.float(), targets)
+    def ranking_loss(self, raw_logits: torch.Tensor, mixed_logits: torch.Tensor, raw_targets: torch.Tensor, mixed_targets: torch.Tensor) -> torch.Tensor:
+        m, b = self.num_mixup, raw_logits.shape[0]
+        raw = raw_logits.float()
+        mixed = mixed_logits.float().view(m, b, -1)
+        rel_raw = raw_targets.float().max(dim=1).values if raw_targets.dtype.is_floating_point else torch.ones(b, device=raw.device)
+        rel_mix = mixed_targets.float().max(dim=1).values.view(m, b)
         if self.variant == "mrl":
             mask = (rel_mix < rel_raw.unsqueeze(0) - 1e-6).float()  # [M, B]
             diff = mixed.max(dim=2).values - raw.max(dim=1).values.unsqueeze(0)
@@ -264,7 +289,7 @@ class RankMixup(Augmentation):
         order = torch.argsort(rel_mix, dim=1, descending=True, stable=True)
         conf = torch.cat([conf_raw.unsqueeze(1), conf_mix.gather(1, order)], dim=1)  # [B, M + 1]
         rel = torch.cat([rel_raw.unsqueeze(1), rel_mix.gather(1, order)], dim=1)
-        discount = torch.log2(torch.arange(2, conf.shape[1] + 2, device=logits.device, dtype=conf.dtype))
+        discount = torch.log2(torch.arange(2, conf.shape[1] + 2, device=raw.device, dtype=conf.dtype))
         dcg = (conf / discount).sum(dim=1)
         idcg = (rel / discount).sum(dim=1)
         ndcg = torch.where(idcg > dcg, dcg / idcg, idcg / dcg)
@@ -275,6 +300,7 @@ RANKMIXUP = Method(
     name="rankmixup",
     kind="augmentation",
     build=RankMixup,
+    version="2",  # 2: the loss trains on the raw rows only and the mixes get their own forward pass (as the authors')
     summary="mixup-based ranking loss for calibration: mixed samples must be less confident than raw ones (M-NDCG or M-RL)",
     paper="Noh, Park, Lee & Ham, RankMixup: Ranking-Based Mixup Training for Network Calibration, ICCV 2023 (defaults: the authors' CIFAR configs, github.com/cvlab-yonsei/RankMixup)",
     url="https://openaccess.thecvf.com/content/ICCV2023/papers/Noh_RankMixup_Ranking-Based_Mixup_Training_for_Network_Calibration_ICCV_2023_paper.pdf",
@@ -321,7 +347,7 @@ class DecoupledMixup(Mixup):
     rescaling: `eta_weight=dict(eta=0.1, mode="both")`, `lam_scale_mode="none"`).
     """
 
-    def __init__(self, ctx: AugmentContext, alpha: float = 1.0, eta: float = 0.1):
+    def __init__(self, ctx: AugmentContext, alpha: float, eta: float):
         super().__init__(ctx, alpha=alpha)
         self.eta = eta
 
@@ -448,7 +474,9 @@ class RandAugment(Augmentation):
     the op set (tests, ablations); it is a constructor argument, not a hyper-parameter.
     """
 
-    def __init__(self, ctx: AugmentContext, num_ops: int = 2, magnitude: int = 9, ops: tuple[str, ...] = RANDAUGMENT_OPS):
+    produces_soft_targets = False  # labels pass through unchanged
+
+    def __init__(self, ctx: AugmentContext, num_ops: int, magnitude: int, ops: tuple[str, ...] = RANDAUGMENT_OPS):
         unknown = [o for o in ops if o not in RANDAUGMENT_OPS]
         if unknown or not ops:
             raise ValueError(f"randaugment: unknown ops {unknown}; choose from {', '.join(RANDAUGMENT_OPS)}")
@@ -603,6 +631,8 @@ class SelfSupervisedLabelAugmentation(Augmentation):
     paper's L_SLA. `prepare_model` replaces the head Linear(d, K) by Linear(d, 4K) and wraps the
     model for aggregated inference (SLAModel).
     """
+
+    produces_soft_targets = False  # joint (class, rotation) labels are class indices
 
     label_multiplier = NUM_ROTATIONS
 

@@ -16,14 +16,18 @@ NaN and neither do the loss or its gradients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from harness.hookspecs import hookimpl
-from harness.kinds import Loss, LossContext, Method
+from harness.kinds.loss import Loss, LossContext
+from harness.method import Method
 from harness.models import get_classifier, set_classifier
 from harness.params import Param
+from harness.seams import Batch, HeadedModel, Outputs, Predictor
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
@@ -100,7 +104,7 @@ CE = Method(
 class LabelSmoothing(Loss):
     """CE against q' = (1 - eps) q + eps / K, with q the (one-hot or soft) target."""
 
-    def __init__(self, ctx: LossContext, eps: float = 0.1):
+    def __init__(self, ctx: LossContext, eps: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.eps = eps
@@ -130,7 +134,7 @@ LABEL_SMOOTHING = Method(
 class FocalLoss(Loss):
     """FL = -(1 - p_t)^gamma log p_t; soft targets: -sum_k t_k (1 - p_k)^gamma log p_k. Batch mean."""
 
-    def __init__(self, ctx: LossContext, gamma: float = 2.0):
+    def __init__(self, ctx: LossContext, gamma: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.gamma = gamma
@@ -167,7 +171,7 @@ class ClassBalancedLoss(Loss):
     Soft targets: -sum_k t_k w_k log p_k.
     """
 
-    def __init__(self, ctx: LossContext, beta: float = 0.9999):
+    def __init__(self, ctx: LossContext, beta: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.register_buffer("weights", _class_balanced_weights(_counts(ctx), beta).float())
@@ -226,7 +230,7 @@ class LDAMLoss(Loss):
     `F.cross_entropy(..., weight=w)`: a weighted mean, sum_i w_{y_i} L_i / sum_i w_{y_i}.
     """
 
-    def __init__(self, ctx: LossContext, max_m: float = 0.5, s: float = 30.0):
+    def __init__(self, ctx: LossContext, max_m: float, s: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.s = s
@@ -284,7 +288,7 @@ class LDAMDRWLoss(LDAMLoss):
     trains 200 epochs and re-weights from epoch 160 (0-based, as `start_epoch` counts).
     """
 
-    def __init__(self, ctx: LossContext, max_m: float = 0.5, s: float = 30.0, drw_fraction: float = 0.8, drw_beta: float = 0.9999):
+    def __init__(self, ctx: LossContext, max_m: float, s: float, drw_fraction: float, drw_beta: float):
         super().__init__(ctx, max_m=max_m, s=s)
         self.drw_epoch = int(drw_fraction * ctx.epochs)
         self.register_buffer("uniform_weights", torch.ones(ctx.num_classes, device=ctx.device))
@@ -359,7 +363,7 @@ BALANCED_SOFTMAX = Method(
 class LogitAdjustedLoss(Loss):
     """CE on z_j + tau * log pi_j, with pi the training class priors (counts clamped >= 1, renormalised)."""
 
-    def __init__(self, ctx: LossContext, tau: float = 1.0):
+    def __init__(self, ctx: LossContext, tau: float):
         super().__init__()
         counts = _counts(ctx)
         self.register_buffer("adjustment", (tau * (counts / counts.sum()).log()).float())
@@ -380,10 +384,226 @@ LOGIT_ADJUSTMENT = Method(
 
 
 # ---------------------------------------------------------------------------------------------
+# pskd: Kim et al., ICCV 2021 (progressive self-knowledge distillation)
+# ---------------------------------------------------------------------------------------------
+
+
+class ProgressiveSelfKnowledgeDistillation(Loss):
+    """CE against soft targets (1 - alpha_t) y + alpha_t p_i^(t-1), where p_i^(t-1) is the model's
+    own softmax prediction for sample i in the previous epoch (recorded during training, as the
+    authors' `all_predictions`) and alpha_t = alpha_T (t + 1) / T grows linearly over the T epochs
+    (t 0-based). In the first epoch the recorded predictions start as the targets themselves, so
+    the first epoch is plain CE. alpha_T = 0 is cross-entropy exactly. Rows with index -1 (appended
+    by a transform) use their own targets and are not recorded; after a mixing augmentation y is the
+    mixed soft target and the recorded prediction is that of the mixed image (the authors record
+    whatever the training forward pass saw). Under an update rule that evaluates the objective
+    twice (SAM), predictions are recorded on the first pass only.
+    """
+
+    def __init__(self, ctx: LossContext, alpha_T: float):
+        super().__init__()
+        if ctx.dataset_size < 1:
+            raise ValueError("PS-KD keeps one prediction per training sample: LossContext.dataset_size must be >= 1")
+        self.num_classes, self.epochs, self.alpha_T = ctx.num_classes, max(1, ctx.epochs), alpha_T
+        self.register_buffer("history", torch.zeros(ctx.dataset_size, ctx.num_classes, device=ctx.device))
+        self.epoch, self.alpha = 0, 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.alpha = max(0.0, self.alpha_T * (epoch + 1) / self.epochs)
+
+    def objective(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        return self.soft_target_loss(out.logits, batch.y, batch.index, record=not out.recomputed)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.soft_target_loss(logits, targets, index, record=True)
+
+    def soft_target_loss(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, *, record: bool) -> torch.Tensor:
+        logits = logits.float()
+        t = _as_probs(targets, self.num_classes)
+        valid = index >= 0
+        idx = index[valid].long()
+        if record and self.epoch == 0:
+            self.history[idx] = t[valid]
+        soft = t.clone()
+        soft[valid] = (1.0 - self.alpha) * t[valid] + self.alpha * self.history[idx]
+        loss = _soft_ce(logits, soft)
+        if record:
+            self.history[idx] = F.softmax(logits[valid].detach(), dim=1)
+        return loss
+
+
+PSKD = Method(
+    name="pskd",
+    kind="loss",
+    build=ProgressiveSelfKnowledgeDistillation,
+    summary="progressive self-knowledge distillation: targets mix the label with the model's own previous-epoch prediction",
+    paper="Kim, Ji, Yoon & Hwang, Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021",
+    url="https://arxiv.org/abs/2006.12000",
+    params=(Param("alpha_T", float, 0.8, "final weight of the previous-epoch prediction in the target (paper: 0.8)", low=0.0, high=1.0),),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# sade: Zhang, Hooi, Hong & Feng, NeurIPS 2022 (self-supervised aggregation of diverse experts)
+# ---------------------------------------------------------------------------------------------
+
+
+class ExpertHeads(HeadedModel):
+    """A shared body and `num_experts` classifier heads on its features. `forward(x)` is the mean
+    of the experts' logits (SADE's prediction without test-time aggregation); `forward_heads(x)`
+    also gives each expert's logits as `expert0`, `expert1`, ... Heads are cosine classifiers
+    scaled by `scale` when `normed` (the authors' CIFAR models), else plain linear layers."""
+
+    def __init__(self, body: nn.Module, in_features: int, num_classes: int, num_experts: int, normed: bool, scale: float):
+        super().__init__()
+        self.body = body
+        self.features = nn.Identity()  # the penultimate features pass through here (features hook)
+        self.experts = nn.ModuleList(NormedLinear(in_features, num_classes) if normed else nn.Linear(in_features, num_classes) for _ in range(num_experts))
+        self.scale = scale if normed else 1.0
+
+    def get_classifier(self) -> nn.Module:  # the module whose input is the penultimate features
+        return self.features
+
+    def expert_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.features(self.body(x))
+        return [self.scale * head(f) for head in self.experts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.expert_logits(x)).mean(dim=0)
+
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.expert_logits(x)
+        return torch.stack(logits).mean(dim=0), {f"expert{i}": v for i, v in enumerate(logits)}
+
+
+def inverse_prior(prior: torch.Tensor) -> torch.Tensor:
+    """The prior with its values reversed in rank: the most frequent class gets the smallest prior
+    value and so on (the authors' `inverse_prior`: sort, then read the sorted values backwards)."""
+    values, order = torch.sort(prior, stable=True)  # ties: the class listed first ranks first
+    rank = torch.argsort(order)
+    return values[len(prior) - 1 - rank]
+
+
+def shifted_views(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+    """Each image translated by a random offset in [-pad, pad]^2 (zero padding), batched."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=x.device)
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + dy).expand(b, h, w)
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + dx).expand(b, h, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1).expand(b, h, w)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+class SADE(Loss, Predictor):
+    """Three skill-diverse experts on a shared body, trained with (paper Eq. 2-4; the authors'
+    `DiverseExpertLoss`) L = CE(v1, y) + CE(v2 + log pi, y) + CE(v3 + log pi - tau log pi_inv, y):
+    expert 1 fits the long-tailed training distribution (softmax), expert 2 the uniform one
+    (balanced softmax), expert 3 an inversely long-tailed one (pi the training prior, pi_inv the
+    prior with its values reversed in rank, tau = 2).
+
+    Prediction (test-agnostic): sum_k w_k v_k with w = softmax(a) learned at test time on the
+    unlabeled test inputs by maximising the cosine similarity of the aggregated predictions of two
+    random views of each input (paper Sec. 4.2, the authors' `test_training`: a starts at 1/3 each,
+    SGD lr 0.025, momentum 0.9, weight decay 5e-4, Nesterov; stops early when a weight falls below
+    0.05). `tta_epochs=0` predicts with equal weights (the mean of the experts, which is also what
+    `model(x)` gives). Views: random translations by up to 2 pixels (the authors use their training
+    augmentation, random crop and flip on CIFAR; digits are not flipped).
+
+    Harness scale: the experts are three heads on one shared body (the authors' experts share the
+    early stages and have their own later blocks); zero-count classes get prior count 1.
+    """
+
+    def __init__(self, ctx: LossContext, tau: float, normed: bool, scale: float, tta_epochs: int, tta_lr: float):
+        super().__init__()
+        counts = _counts(ctx)
+        prior = counts / counts.sum()
+        self.register_buffer("log_prior", prior.log().float())
+        self.register_buffer("log_inverse_prior", inverse_prior(prior).log().float())
+        self.num_classes, self.tau, self.normed, self.scale = ctx.num_classes, tau, normed, scale
+        self.tta_epochs, self.tta_lr, self.seed = tta_epochs, tta_lr, ctx.seed
+        self.weights: list[float] | None = None  # the test-time aggregation weights of the last prediction
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        head = get_classifier(model)
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"SADE needs a linear classifier head to split into experts; got {type(head).__name__}")
+        set_classifier(model, nn.Identity())
+        return ExpertHeads(model, head.in_features, head.out_features, 3, self.normed, self.scale)
+
+    def objective(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        v1, v2, v3 = (out.heads[f"expert{i}"].float() for i in range(3))
+        return self.expert_losses(v1, v2, v3, batch.y)
+
+    def expert_losses(self, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (_soft_ce(v1, targets) + _soft_ce(v2 + self.log_prior, targets)
+                + _soft_ce(v3 + self.log_prior - self.tau * self.log_inverse_prior, targets))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        raise TypeError("SADE's objective needs each expert's logits; the engine calls it as objective(batch, out)")
+
+    def predict(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(model, HeadedModel):
+            raise TypeError(f"SADE predicts with the expert model it trained, not a {type(model).__name__}")
+        raw = torch.zeros(3, requires_grad=True)
+        with torch.no_grad():
+            raw.fill_(1.0 / 3.0)
+        if self.tta_epochs > 0:
+            optimizer = torch.optim.SGD([raw], lr=self.tta_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+            generator = torch.Generator(device=inputs[0].device if len(inputs) else "cpu").manual_seed(self.seed)
+            stop = False
+            for _ in range(self.tta_epochs):
+                for xb in inputs:
+                    with torch.no_grad():
+                        e0 = torch.stack(list(model.forward_heads(shifted_views(xb, generator, 2))[1].values())).float()
+                        e1 = torch.stack(list(model.forward_heads(shifted_views(xb, generator, 2))[1].values())).float()
+                    with torch.enable_grad():  # prediction runs without gradients; the weights need them
+                        w = F.softmax(raw, dim=0).to(e0.device).view(3, 1, 1)
+                        p0, p1 = F.softmax((w * e0).sum(0), dim=1), F.softmax((w * e1).sum(0), dim=1)
+                        loss = -F.cosine_similarity(p0, p1, dim=1, eps=1e-6).mean()
+                        optimizer.zero_grad()
+                        loss.backward()
+                    optimizer.step()
+                    if bool((F.softmax(raw.detach(), dim=0) < 0.05).any()):
+                        stop = True
+                        break
+                if stop:
+                    break
+        w = F.softmax(raw.detach(), dim=0)
+        self.weights = [float(v) for v in w]
+        out = []
+        with torch.no_grad():
+            for xb in inputs:
+                experts = torch.stack(list(model.forward_heads(xb)[1].values())).float()
+                out.append((w.to(experts.device).view(3, 1, 1) * experts).sum(0).cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+
+SADE_METHOD = Method(
+    name="sade",
+    kind="loss",
+    build=SADE,
+    summary="three skill-diverse experts (softmax, balanced, inverse) aggregated at test time by self-supervised prediction stability",
+    paper="Zhang, Hooi, Hong & Feng, Self-Supervised Aggregation of Diverse Experts for Test-Agnostic Long-Tailed Recognition, NeurIPS 2022",
+    url="https://arxiv.org/abs/2107.09249",
+    suites=("long_tail",),  # a long-tail method: in that suite's default grid only (run it elsewhere with method=)
+    params=(
+        Param("tau", float, 2.0, "strength lambda of the inverse prior for the backward expert (authors: 2)", low=0.0),
+        Param("normed", bool, True, "cosine-classifier experts scaled by `scale` (the authors' CIFAR models)"),
+        Param("scale", float, 30.0, "scale s of the cosine classifiers (authors: 30)", low=1e-3),
+        Param("tta_epochs", int, 5, "epochs of test-time aggregation over the test inputs (0: equal weights)", low=0),
+        Param("tta_lr", float, 0.025, "SGD learning rate of the aggregation weights (authors' CIFAR configs: 0.025)", low=0.0),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 
-METHODS: tuple[Method, ...] = (CE, LABEL_SMOOTHING, FOCAL, CLASS_BALANCED, LDAM, LDAM_DRW, BALANCED_SOFTMAX, LOGIT_ADJUSTMENT)
+METHODS: tuple[Method, ...] = (CE, LABEL_SMOOTHING, FOCAL, CLASS_BALANCED, LDAM, LDAM_DRW, BALANCED_SOFTMAX, LOGIT_ADJUSTMENT, PSKD, SADE_METHOD)
 
 
 @hookimpl

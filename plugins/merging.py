@@ -3,16 +3,17 @@
 `merge(base, experts, ctx)` takes the state dicts of a shared base model and of one expert per
 task fine-tuned from it, and returns one state dict. Task vectors are tau_k = theta_k - theta_0.
 
-Which entries are merged: the keys in `ctx.extra["param_keys"]` (the trainable parameters; the
-continual suite passes them), or every floating-point tensor when it is absent. The other
+Which entries are merged: the keys in `ctx.param_keys` (the trainable parameters; the
+continual suite passes them), or every floating-point tensor when it is None. The other
 entries are buffers: floating-point ones (BatchNorm running mean/var) are averaged over the
 experts, integer ones (num_batches_tracked) are taken from the base. The continual suite then
 recomputes the BatchNorm statistics of every merged model on unlabeled training inputs (see its
 card), so the averaged statistics are only a starting point.
 
-`ctx.extra` may also carry: `seed` (DARE's drop mask), `fishers` (one dict of diagonal Fishers
-per expert, Fisher merging), `build_model` (a zero-argument factory of the architecture,
-AdaMerging); `ctx.unlabeled()` returns an iterable of unlabeled input batches (AdaMerging).
+The context also carries `seed` (DARE's drop mask), `fishers` (one dict of diagonal Fishers per
+expert, for a method that declares `needs_fisher`: Fisher merging), `build_model` (a zero-argument
+factory of the architecture, AdaMerging) and `unlabeled()` (an iterable of unlabeled input
+batches, AdaMerging).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ State = dict[str, torch.Tensor]
 
 
 def param_keys(base: State, ctx: MergeContext) -> list[str]:
-    keys = ctx.extra.get("param_keys")
+    keys = ctx.param_keys
     if keys is None:
         return [k for k, v in base.items() if v.is_floating_point()]
     return [k for k in base if k in set(keys)]
@@ -107,10 +108,14 @@ class Average(Merging):
         return assemble(base, experts, {k: torch.stack([e[k].float() for e in experts]).mean(0) for k in keys})
 
 
+def _average(ctx: MergeContext) -> Average:
+    return Average()
+
+
 AVERAGE = Method(
     name="average",
     kind="merging",
-    build=lambda ctx: Average(),
+    build=_average,
     summary="uniform weight averaging of the experts (uniform model soup)",
     paper="Wortsman et al., Model soups: averaging weights of multiple fine-tuned models improves accuracy without increasing inference time, ICML 2022",
     url="https://arxiv.org/abs/2203.05482",
@@ -125,7 +130,7 @@ AVERAGE = Method(
 class TaskArithmetic(Merging):
     """theta = theta_0 + lam * sum_k tau_k."""
 
-    def __init__(self, lam: float = 0.3):
+    def __init__(self, lam: float):
         self.lam = lam
 
     def merge(self, base: State, experts: list[State], ctx: MergeContext) -> State:
@@ -135,10 +140,14 @@ class TaskArithmetic(Merging):
         return assemble(base, experts, add_scaled(base, total, self.lam))
 
 
+def _task_arithmetic(ctx: MergeContext, lam: float) -> TaskArithmetic:
+    return TaskArithmetic(lam)
+
+
 TASK_ARITHMETIC = Method(
     name="task_arithmetic",
     kind="merging",
-    build=lambda ctx, lam=0.3: TaskArithmetic(lam),
+    build=_task_arithmetic,
     summary="add the sum of the task vectors (expert minus base), scaled by lambda, to the base",
     paper="Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
     url="https://arxiv.org/abs/2212.04089",
@@ -154,7 +163,7 @@ TASK_ARITHMETIC = Method(
 class Ties(Merging):
     """theta = theta_0 + lam * ties_combine(tau_1..tau_K, top_k)."""
 
-    def __init__(self, top_k: float = 20.0, lam: float = 1.0):
+    def __init__(self, top_k: float, lam: float):
         self.top_k, self.lam = top_k, lam
 
     def merge(self, base: State, experts: list[State], ctx: MergeContext) -> State:
@@ -163,10 +172,14 @@ class Ties(Merging):
         return assemble(base, experts, add_scaled(base, combined, self.lam))
 
 
+def _ties(ctx: MergeContext, top_k: float, lam: float) -> Ties:
+    return Ties(top_k, lam)
+
+
 TIES = Method(
     name="ties",
     kind="merging",
-    build=lambda ctx, top_k=20.0, lam=1.0: Ties(top_k, lam),
+    build=_ties,
     summary="TIES: keep each task vector's top-k% entries, elect a sign per entry, average the agreeing entries",
     paper="Yadav et al., TIES-Merging: Resolving Interference When Merging Models, NeurIPS 2023",
     url="https://arxiv.org/abs/2306.01708",
@@ -196,12 +209,12 @@ def dare_vectors(vectors: list[State], keys: list[str], p: float, generator: tor
 
 
 class Dare(Merging):
-    def __init__(self, p: float = 0.5, lam: float = 0.3, combine: str = "task_arithmetic", top_k: float = 20.0):
+    def __init__(self, p: float, lam: float, combine: str, top_k: float):
         self.p, self.lam, self.combine, self.top_k = p, lam, combine, top_k
 
     def merge(self, base: State, experts: list[State], ctx: MergeContext) -> State:
         keys = param_keys(base, ctx)
-        generator = torch.Generator().manual_seed(int(ctx.extra.get("seed", 0)))
+        generator = torch.Generator().manual_seed(int(ctx.seed))
         vectors = dare_vectors(task_vectors(base, experts, keys), keys, self.p, generator)
         if self.combine == "ties":
             combined = ties_combine(vectors, keys, self.top_k)
@@ -210,10 +223,14 @@ class Dare(Merging):
         return assemble(base, experts, add_scaled(base, combined, self.lam))
 
 
+def _dare(ctx: MergeContext, p: float, lam: float, combine: str, top_k: float) -> Dare:
+    return Dare(p, lam, combine, top_k)
+
+
 DARE = Method(
     name="dare",
     kind="merging",
-    build=lambda ctx, p=0.5, lam=0.3, combine="task_arithmetic", top_k=20.0: Dare(p, lam, combine, top_k),
+    build=_dare,
     summary="DARE: drop task-vector entries with probability p, rescale by 1/(1-p), then task arithmetic (or TIES)",
     paper="Yu et al., Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch, ICML 2024",
     url="https://arxiv.org/abs/2311.03099",
@@ -237,13 +254,13 @@ class FisherMerging(Merging):
 
     needs_fisher = True
 
-    def __init__(self, floor: float = 1e-6):
+    def __init__(self, floor: float):
         self.floor = floor
 
     def merge(self, base: State, experts: list[State], ctx: MergeContext) -> State:
-        fishers = ctx.extra.get("fishers")
+        fishers = ctx.fishers
         if fishers is None or len(fishers) != len(experts):
-            raise ValueError("fisher merging needs ctx.extra['fishers']: one dict of diagonal Fishers per expert")
+            raise ValueError("fisher merging needs ctx.fishers: one dict of diagonal Fishers per expert")
         merged = {}
         for k in param_keys(base, ctx):
             weights = torch.stack([f[k].float().to(e[k].device).clamp_min(self.floor) for f, e in zip(fishers, experts)])
@@ -252,10 +269,14 @@ class FisherMerging(Merging):
         return assemble(base, experts, merged)
 
 
+def _fisher(ctx: MergeContext, floor: float) -> FisherMerging:
+    return FisherMerging(floor)
+
+
 FISHER = Method(
     name="fisher",
     kind="merging",
-    build=lambda ctx, floor=1e-6: FisherMerging(floor),
+    build=_fisher,
     summary="Fisher-weighted averaging: each entry averaged with weights from each expert's diagonal Fisher",
     paper="Matena & Raffel, Merging Models with Fisher-Weighted Averaging, NeurIPS 2022",
     url="https://arxiv.org/abs/2111.09832",
@@ -275,9 +296,10 @@ class AdaMerging(Merging):
     (`ctx.unlabeled()`), for `steps` steps cycling through its batches. BatchNorm layers use
     batch statistics during this search."""
 
-    def __init__(self, granularity: str = "layer", init: float = 0.3, steps: int = 100, lr: float = 0.01):
+    def __init__(self, granularity: str, init: float, steps: int, lr: float):
         self.granularity, self.init, self.steps, self.lr = granularity, init, steps, lr
         self.history: list[float] = []  # mean entropy per step (for tests and diagnostics)
+        self.coefficients: torch.Tensor | None = None
 
     def merge(self, base: State, experts: list[State], ctx: MergeContext) -> State:
         keys = param_keys(base, ctx)
@@ -293,9 +315,9 @@ class AdaMerging(Merging):
             return out
 
         if self.steps > 0:
-            build: Callable[[], torch.nn.Module] | None = ctx.extra.get("build_model")
+            build: Callable[[], torch.nn.Module] | None = ctx.build_model
             if build is None or ctx.unlabeled is None:
-                raise ValueError("adamerging needs ctx.extra['build_model'] and ctx.unlabeled")
+                raise ValueError("adamerging needs ctx.build_model and ctx.unlabeled")
             model = build().to(ctx.device)
             model.train()  # batch statistics in BatchNorm
             buffers = {k: v.clone().to(ctx.device) for k, v in assemble(base, experts, {}).items() if k not in set(keys)}
@@ -315,11 +337,19 @@ class AdaMerging(Merging):
         self.coefficients = raw.detach().clamp(0.0, 1.0)
         return assemble(base, experts, final)
 
+    def report(self) -> dict[str, list[float]]:
+        """The learned coefficients (row-major: task, then tensor), stored with the run."""
+        return {"adamerging_coefficients": [float(v) for v in self.coefficients.flatten()]} if self.coefficients is not None else {}
+
+
+def _adamerging(ctx: MergeContext, granularity: str, init: float, steps: int, lr: float) -> AdaMerging:
+    return AdaMerging(granularity, init, steps, lr)
+
 
 ADAMERGING = Method(
     name="adamerging",
     kind="merging",
-    build=lambda ctx, granularity="layer", init=0.3, steps=100, lr=0.01: AdaMerging(granularity, init, steps, lr),
+    build=_adamerging,
     summary="AdaMerging: task- or layer-wise task-arithmetic coefficients learned by entropy minimisation on unlabeled test inputs",
     paper="Yang et al., AdaMerging: Adaptive Model Merging for Multi-Task Learning, ICLR 2024",
     url="https://arxiv.org/abs/2310.02575",

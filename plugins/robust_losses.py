@@ -19,8 +19,10 @@ import torch
 from torch.nn import functional as F
 
 from harness.hookspecs import hookimpl
-from harness.kinds import Loss, LossContext, Method
+from harness.kinds.loss import Loss, LossContext
+from harness.method import Method
 from harness.params import Param
+from harness.seams import AuxiliaryModels, Batch, Outputs, Peer
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
@@ -82,7 +84,7 @@ class GCELoss(Loss):
     q -> 0 gives cross-entropy -log p_y; q = 1 gives 1 - p_y = MAE / 2.
     """
 
-    def __init__(self, ctx: LossContext, q: float = 0.7):
+    def __init__(self, ctx: LossContext, q: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.q = q
@@ -129,7 +131,7 @@ class SCELoss(Loss):
     Soft targets: alpha * (-sum_k t_k log p_k) + beta * (-A) (1 - <t, p>).
     """
 
-    def __init__(self, ctx: LossContext, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0):
+    def __init__(self, ctx: LossContext, alpha: float, beta: float, log_zero: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
@@ -169,7 +171,7 @@ class NCERCELoss(Loss):
     NCE = sum_k t_k log p_k / sum_j log p_j, RCE = -A (1 - <t, p>).
     """
 
-    def __init__(self, ctx: LossContext, alpha: float = 1.0, beta: float = 1.0, log_zero: float = -4.0):
+    def __init__(self, ctx: LossContext, alpha: float, beta: float, log_zero: float):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
@@ -226,11 +228,11 @@ class BootstrapLoss(Loss):
         return _soft_ce_rows(logp, mixed).mean()
 
 
-def _bootstrap_soft(ctx: LossContext, beta: float = 0.95) -> BootstrapLoss:
+def _bootstrap_soft(ctx: LossContext, beta: float) -> BootstrapLoss:
     return BootstrapLoss(ctx, beta, hard=False)
 
 
-def _bootstrap_hard(ctx: LossContext, beta: float = 0.8) -> BootstrapLoss:
+def _bootstrap_hard(ctx: LossContext, beta: float) -> BootstrapLoss:
     return BootstrapLoss(ctx, beta, hard=True)
 
 
@@ -274,7 +276,7 @@ class ELRLoss(Loss):
 
     CLAMP = 1e-4
 
-    def __init__(self, ctx: LossContext, beta: float = 0.7, lam: float = 3.0):
+    def __init__(self, ctx: LossContext, beta: float, lam: float):
         super().__init__()
         if ctx.dataset_size < 1:
             raise ValueError("ELR keeps one target per training sample: LossContext.dataset_size must be >= 1")
@@ -283,6 +285,13 @@ class ELRLoss(Loss):
         self.register_buffer("targets", torch.zeros(ctx.dataset_size, ctx.num_classes, device=ctx.device))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.regularised(logits, targets, index, update=True)
+
+    def objective(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        # an extra pass of one step (SAM's second) must not move the running targets again
+        return self.regularised(out.logits, batch.y, batch.index, update=not out.recomputed)
+
+    def regularised(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, *, update: bool) -> torch.Tensor:
         logits = logits.float()
         logp = F.log_softmax(logits, dim=1)
         ce = _soft_ce_rows(logp, _as_probs(targets, self.num_classes)).mean()
@@ -291,9 +300,10 @@ class ELRLoss(Loss):
             return ce
         idx = index[valid].long()
         p = logp[valid].exp().clamp(self.CLAMP, 1.0 - self.CLAMP)
-        with torch.no_grad():
-            p_det = p.detach()
-            self.targets[idx] = self.beta * self.targets[idx] + (1.0 - self.beta) * p_det / p_det.sum(dim=1, keepdim=True)
+        if update:
+            with torch.no_grad():
+                p_det = p.detach()
+                self.targets[idx] = self.beta * self.targets[idx] + (1.0 - self.beta) * p_det / p_det.sum(dim=1, keepdim=True)
         inner = (self.targets[idx] * p).sum(dim=1)
         reg = torch.log1p(-inner).mean()
         return ce + self.lam * reg
@@ -356,7 +366,7 @@ class LDRKLLoss(Loss):
     expected loss sum_y t_y psi(z, y). Batch mean.
     """
 
-    def __init__(self, ctx: LossContext, lam: float = 1.0, margin: float = 1.0, normalize: bool = True):
+    def __init__(self, ctx: LossContext, lam: float, margin: float, normalize: bool):
         super().__init__()
         self.num_classes = ctx.num_classes
         self.lam, self.margin, self.normalize = lam, margin, normalize
@@ -403,7 +413,7 @@ class ALDRKLLoss(Loss):
 
     accepts_soft_targets = False
 
-    def __init__(self, ctx: LossContext, lam0: float = 1.0, alpha: float = 2.0, margin: float = 1.0, normalize: bool = True):
+    def __init__(self, ctx: LossContext, lam0: float, alpha: float, margin: float, normalize: bool):
         super().__init__()
         if ctx.dataset_size < 1:
             raise ValueError("ALDR-KL keeps one lambda per training sample: LossContext.dataset_size must be >= 1")
@@ -448,10 +458,81 @@ ALDR_KL = Method(
 
 
 # ---------------------------------------------------------------------------------------------
+# coteaching: Han et al., NeurIPS 2018
+# ---------------------------------------------------------------------------------------------
+
+
+def forget_rate_schedule(epoch: int, forget_rate: float, num_gradual: int, exponent: float) -> float:
+    """R(T) of the authors' code: linspace(0, forget_rate^exponent, num_gradual)[epoch] for the first
+    `num_gradual` epochs, then forget_rate."""
+    if epoch >= num_gradual:
+        return forget_rate
+    if num_gradual <= 1:
+        return forget_rate**exponent
+    return forget_rate**exponent * epoch / (num_gradual - 1)
+
+
+class CoTeaching(Loss, AuxiliaryModels):
+    """Two networks, the trained model and a peer (same architecture, its own initialisation, the
+    same batches and optimiser), each trained on the samples its peer finds easiest: per batch, each
+    network keeps the int((1 - R(T)) B) samples of smallest loss under it; the model's loss is its
+    mean CE over the samples the peer kept, the peer's over those the model kept (Algorithm 1; the
+    authors' `loss_coteaching`). The objective is their sum (disjoint parameters, so each network
+    gets exactly its own gradient). R(T) rises linearly from 0 to `forget_rate` over the first
+    `num_gradual` epochs (T_k = 10 in the paper). The trained model (net 1) is evaluated.
+    forget_rate = 0 trains the two networks as independent CE runs. The paper sets the forget rate
+    to the (known) noise rate; the default here is the mild 0.2.
+    """
+
+    def __init__(self, ctx: LossContext, forget_rate: float, num_gradual: int, exponent: float):
+        super().__init__()
+        self.num_classes = ctx.num_classes
+        self.forget_rate, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
+        self.rate = 0.0
+
+    def auxiliary_models(self) -> dict[str, Peer]:
+        return {"peer": Peer()}
+
+    def start_epoch(self, epoch: int) -> None:
+        self.rate = forget_rate_schedule(epoch, self.forget_rate, self.num_gradual, self.exponent)
+
+    def objective(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        return self.cross_update(out.logits, out.aux["peer"].logits, batch.y)
+
+    def cross_update(self, logits: torch.Tensor, peer_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        t = _as_probs(targets, self.num_classes)
+        loss_1 = _soft_ce_rows(F.log_softmax(logits.float(), dim=1), t)
+        loss_2 = _soft_ce_rows(F.log_softmax(peer_logits.float(), dim=1), t)
+        remember = max(1, int((1.0 - self.rate) * len(t)))
+        keep_1 = torch.argsort(loss_1.detach(), stable=True)[:remember]  # small-loss samples under the model
+        keep_2 = torch.argsort(loss_2.detach(), stable=True)[:remember]  # ... under the peer
+        return loss_1[keep_2].mean() + loss_2[keep_1].mean()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        raise TypeError("co-teaching needs the peer's logits; the engine calls it as objective(batch, out)")
+
+
+COTEACHING = Method(
+    name="coteaching",
+    kind="loss",
+    build=CoTeaching,
+    summary="co-teaching: two networks each train on the small-loss samples selected by the other",
+    paper="Han et al., Co-teaching: Robust Training of Deep Neural Networks with Extremely Noisy Labels, NeurIPS 2018",
+    url="https://arxiv.org/abs/1804.06872",
+    suites=("noisy_labels",),  # a noisy-label method: in that suite's default grid only (run it elsewhere with method=)
+    params=(
+        Param("forget_rate", float, 0.2, "final share of each batch dropped as large-loss samples (the paper sets it to the noise rate)", low=0.0, high=0.99),
+        Param("num_gradual", int, 10, "epochs over which the drop rate rises to forget_rate (paper: T_k = 10)", low=0),
+        Param("exponent", float, 1.0, "exponent c of the rise (paper: 1)", low=0.0),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 
-METHODS: tuple[Method, ...] = (MAE, GCE, SCE, NCE_RCE, BOOTSTRAP_SOFT, BOOTSTRAP_HARD, ELR, LDR_KL, ALDR_KL)
+METHODS: tuple[Method, ...] = (MAE, GCE, SCE, NCE_RCE, BOOTSTRAP_SOFT, BOOTSTRAP_HARD, ELR, LDR_KL, ALDR_KL, COTEACHING)
 
 
 @hookimpl

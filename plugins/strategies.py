@@ -5,8 +5,8 @@ A strategy sees the stream task by task through the hooks of `harness.kinds.Stra
 `penalty` (added to the loss) and `after_task` (consolidation). Images in `Task.x` are uint8;
 `ctx.normalize` turns them into the float tensors the model sees.
 
-The helpers `diagonal_fisher` and `Reservoir` are shared: the continual suite computes the
-per-expert Fishers of Fisher merging with the same `diagonal_fisher` that EWC uses.
+`Reservoir` is the replay buffer; EWC's Fisher is `harness.models.diagonal_fisher`, the same one
+the continual suite computes for Fisher merging.
 """
 
 from __future__ import annotations
@@ -15,54 +15,17 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from harness.hookspecs import hookimpl
-from harness.kinds import Method, Strategy, StrategyContext, Task
+from harness.kinds.strategy import Strategy, StrategyContext, Task
+from harness.method import Method
+from harness.models import diagonal_fisher
 from harness.params import Param
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def diagonal_fisher(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """Diagonal of the Fisher information of `model` at its current weights, on float inputs `x`.
-
-    F_i = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d theta_i)^2: the expectation over the
-    model's own predictive distribution, computed exactly (every class, no label sampling), as
-    in Kirkpatrick et al. 2017 (EWC) and Matena & Raffel 2022 (Fisher merging). The model runs
-    in eval mode (BatchNorm uses its running statistics), so per-sample gradients are exact.
-    Returns one float32 tensor per trainable parameter name, on the parameters' device.
-    """
-    was_training = model.training
-    model.eval()
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    fisher = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
-
-    def log_prob(p: dict[str, torch.Tensor], xi: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return (out.float().log_softmax(-1)[0] * onehot).sum()
-
-    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
-    n = len(x)
-    try:
-        for start in range(0, n, batch_size):
-            xb = x[start : start + batch_size]
-            with torch.no_grad():
-                probs = model(xb).float().softmax(-1)
-            for c in range(probs.shape[1]):
-                onehot = torch.zeros_like(probs)
-                onehot[:, c] = 1.0
-                grads = per_sample(params, xb, onehot)
-                w = probs[:, c]
-                for k, g in grads.items():
-                    fisher[k] += (w.view(-1, *([1] * (g.dim() - 1))) * g.float().pow(2)).sum(0)
-    finally:
-        model.train(was_training)
-    return {k: v / max(1, n) for k, v in fisher.items()}
 
 
 class Reservoir:
@@ -185,7 +148,7 @@ class Replay(Strategy):
     reservoir buffer of `memory` past samples. The buffer is filled after each task by offering
     that task's samples in a seeded random order (so during task t it holds tasks < t only)."""
 
-    def __init__(self, ctx: StrategyContext, memory: int = 200):
+    def __init__(self, ctx: StrategyContext, memory: int):
         self.ctx = ctx
         self.buffer = Reservoir(memory, seed=ctx.seed)
 
@@ -224,7 +187,7 @@ class EWC(Strategy):
     """penalty = lam/2 * sum_{past tasks s} sum_i F_{s,i} (theta_i - theta*_{s,i})^2, with F_s the
     diagonal Fisher at the end of task s on (up to `fisher_samples` of) its training inputs."""
 
-    def __init__(self, ctx: StrategyContext, lam: float = 10.0, fisher_samples: int = 500):
+    def __init__(self, ctx: StrategyContext, lam: float, fisher_samples: int):
         self.ctx = ctx
         self.lam = lam
         self.fisher_samples = fisher_samples
@@ -271,7 +234,7 @@ class L2(Strategy):
     """penalty = lam/2 * ||theta - theta*||^2, theta* the weights at the end of the previous task
     (EWC with the Fisher replaced by the identity: the baseline of Kirkpatrick et al., Fig. 2)."""
 
-    def __init__(self, ctx: StrategyContext, lam: float = 0.1):
+    def __init__(self, ctx: StrategyContext, lam: float):
         self.ctx = ctx
         self.lam = lam
         self.anchor: dict[str, torch.Tensor] | None = None
@@ -307,7 +270,7 @@ class LwF(Strategy):
     over the columns of the classes of earlier tasks, z_old the logits of a frozen copy of the model
     taken before the current task, on the same batch. T = 2 and alpha = lambda_o = 1 as in the paper."""
 
-    def __init__(self, ctx: StrategyContext, alpha: float = 1.0, temperature: float = 2.0):
+    def __init__(self, ctx: StrategyContext, alpha: float, temperature: float):
         self.ctx = ctx
         self.alpha = alpha
         self.temperature = temperature

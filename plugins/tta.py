@@ -188,7 +188,7 @@ class BNAdapter(_Stateful):
 
 
 class BNAdapt(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, prior: float = 0.0):
+    def __init__(self, ctx: AdaptContext, prior: float):
         self.prior = prior
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -243,7 +243,7 @@ class TentAdapter(_Stateful):
 
 
 class Tent(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, optimizer: str = "adam", lr: float = 1e-3, steps: int = 1):
+    def __init__(self, ctx: AdaptContext, optimizer: str, lr: float, steps: int):
         self.optimizer, self.lr, self.steps = optimizer, lr, steps
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -338,7 +338,7 @@ class EATAAdapter(_Stateful):
 
 
 class EATA(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, lr: float = 2.5e-4, e_margin: float = 0.4, d_margin: float = 0.05, fisher_alpha: float = 0.0):
+    def __init__(self, ctx: AdaptContext, lr: float, e_margin: float, d_margin: float, fisher_alpha: float):
         self.lr, self.e_margin, self.d_margin, self.fisher_alpha = lr, e_margin, d_margin, fisher_alpha
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -391,6 +391,9 @@ class SARAdapter(_Stateful):
     def _reset_extra(self) -> None:
         self.ema = None
 
+    def facts(self) -> dict[str, int]:
+        return {"recoveries": self.recoveries}
+
     def select(self, logits: torch.Tensor) -> torch.Tensor:
         return softmax_entropy(logits) < self.e0
 
@@ -428,7 +431,7 @@ class SARAdapter(_Stateful):
 
 
 class SAR(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, lr: float = 2.5e-4, rho: float = 0.05, e_margin: float = 0.4, reset_constant: float = 0.2):
+    def __init__(self, ctx: AdaptContext, lr: float, rho: float, e_margin: float, reset_constant: float):
         self.lr, self.rho, self.e_margin, self.reset_constant = lr, rho, e_margin, reset_constant
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -531,7 +534,7 @@ class RMTAdapter(_Stateful):
 
 
 class RMT(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, lr: float = 1e-3, momentum: float = 0.999):
+    def __init__(self, ctx: AdaptContext, lr: float, momentum: float):
         self.lr, self.momentum = lr, momentum
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -618,7 +621,7 @@ class CoTTAAdapter(_Stateful):
 
 
 class CoTTA(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, lr: float = 1e-3, momentum: float = 0.999, rst: float = 0.01, ap: float = 0.92, n_aug: int = 32):
+    def __init__(self, ctx: AdaptContext, lr: float, momentum: float, rst: float, ap: float, n_aug: int):
         self.lr, self.momentum, self.rst, self.ap, self.n_aug = lr, momentum, rst, ap, n_aug
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:
@@ -696,7 +699,7 @@ class TentFilteredAdapter(_Stateful):
 
 
 class TentFiltered(TestTimeAdaptation):
-    def __init__(self, ctx: AdaptContext, optimizer: str = "adam", lr: float = 1e-3):
+    def __init__(self, ctx: AdaptContext, optimizer: str, lr: float):
         self.optimizer, self.lr = optimizer, lr
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapter:

@@ -134,7 +134,7 @@ class Retrain(Unlearning):
     lr_search = False
 
     def unlearn(self, model: nn.Module, forget: Pair, retain: Pair, ctx: UnlearnContext) -> nn.Module:
-        retrained = getattr(ctx, "retrained", None)
+        retrained = ctx.retrained
         if retrained is not None:
             return copy.deepcopy(retrained)
         torch.manual_seed(int(ctx.seed))
@@ -144,10 +144,17 @@ class Retrain(Unlearning):
         return _fit(model, retain, ctx, lambda m, xb, yb, e: F.cross_entropy(m(xb), yb))
 
 
+# Each build below takes `lr` without using it: a method reads its learning rate from `ctx.lr` (the suite searches it).
+
+
+def _retrain(ctx: UnlearnContext, lr: float) -> Retrain:
+    return Retrain()
+
+
 RETRAIN = Method(
     name="retrain",
     kind="unlearning",
-    build=lambda ctx, lr=0.05: Retrain(),
+    build=_retrain,
     summary="retrain from scratch on the retain set: the exact-unlearning gold standard (reference row, gap 0)",
     paper="Cao & Yang, Towards Making Systems Forget with Machine Unlearning, IEEE S&P 2015; Bourtoule et al., Machine Unlearning, IEEE S&P 2021",
     url="https://arxiv.org/abs/1912.03817",
@@ -167,10 +174,14 @@ class FineTune(Unlearning):
         return _fit(model, retain, ctx, lambda m, xb, yb, e: F.cross_entropy(m(xb), yb))
 
 
+def _finetune(ctx: UnlearnContext, lr: float) -> FineTune:
+    return FineTune()
+
+
 FINETUNE = Method(
     name="finetune",
     kind="unlearning",
-    build=lambda ctx, lr=0.03: FineTune(),
+    build=_finetune,
     summary="fine-tune on the retain set with cross-entropy (forgetting by catastrophic interference)",
     paper="Warnecke et al., Machine Unlearning of Features and Labels, NDSS 2023; Golatkar et al., Eternal Sunshine of the Spotless Net, CVPR 2020",
     url="https://arxiv.org/abs/2108.11577",
@@ -190,10 +201,14 @@ class GradientAscent(Unlearning):
         return _fit(model, forget, ctx, lambda m, xb, yb, e: -F.cross_entropy(m(xb), yb))
 
 
+def _gradient_ascent(ctx: UnlearnContext, lr: float) -> GradientAscent:
+    return GradientAscent()
+
+
 GA = Method(
     name="ga",
     kind="unlearning",
-    build=lambda ctx, lr=1e-3: GradientAscent(),
+    build=_gradient_ascent,
     summary="gradient ascent on the forget set's cross-entropy",
     paper="Thudi et al., Unrolling SGD: Understanding Factors Influencing Machine Unlearning, IEEE EuroS&P 2022",
     url="https://arxiv.org/abs/2109.13398",
@@ -224,10 +239,14 @@ class RandomLabels(Unlearning):
         return _random_label_fit(model, forget, retain, ctx, mask=None)
 
 
+def _random_labels(ctx: UnlearnContext, lr: float) -> RandomLabels:
+    return RandomLabels()
+
+
 RL = Method(
     name="rl",
     kind="unlearning",
-    build=lambda ctx, lr=0.01: RandomLabels(),
+    build=_random_labels,
     summary="fine-tune on forget samples relabelled at random (wrong labels) mixed with the retain set",
     paper="Golatkar et al., Eternal Sunshine of the Spotless Net, CVPR 2020; Graves et al., Amnesiac Machine Learning, AAAI 2021 (SalUn's RL baseline)",
     url="https://arxiv.org/abs/2010.10981",
@@ -253,7 +272,7 @@ def l1_gamma(gamma: float, epoch: int, epochs: int) -> float:
 class L1Sparse(Unlearning):
     """Minimise CE(retain) + gamma_t * ||theta||_1 with gamma_t = gamma (1 - t/T) (Jia et al. 2023, Eq. 5 and code)."""
 
-    def __init__(self, gamma: float = 5e-4):
+    def __init__(self, gamma: float):
         self.gamma = gamma
 
     def unlearn(self, model: nn.Module, forget: Pair, retain: Pair, ctx: UnlearnContext) -> nn.Module:
@@ -263,10 +282,14 @@ class L1Sparse(Unlearning):
         return _fit(model, retain, ctx, loss)
 
 
+def _l1_sparse(ctx: UnlearnContext, lr: float, gamma: float) -> L1Sparse:
+    return L1Sparse(gamma)
+
+
 L1_SPARSE = Method(
     name="l1_sparse",
     kind="unlearning",
-    build=lambda ctx, lr=0.03, gamma=5e-4: L1Sparse(gamma),
+    build=_l1_sparse,
     summary="fine-tune on the retain set with a linearly decaying L1 sparsity penalty on the weights",
     paper="Jia et al., Model Sparsity Can Simplify Machine Unlearning, NeurIPS 2023",
     url="https://arxiv.org/abs/2304.04934",
@@ -282,7 +305,7 @@ L1_SPARSE = Method(
 # ---------------------------------------------------------------------------------------------
 
 
-def saliency_mask(model: nn.Module, forget: Pair, ctx: UnlearnContext, fraction: float = 0.5) -> dict[str, torch.Tensor]:
+def saliency_mask(model: nn.Module, forget: Pair, ctx: UnlearnContext, fraction: float) -> dict[str, torch.Tensor]:
     """0/1 mask keeping the `fraction` of all weights with the largest |d CE(forget) / d theta|.
 
     The gradient of the forget loss is accumulated over the forget set in eval mode (SalUn's
@@ -319,7 +342,7 @@ class SalUn(Unlearning):
     """Weight saliency mask from the forget-loss gradient (top `fraction` by magnitude), then
     random-label fine-tuning (forget relabelled + retain) that updates only the masked weights."""
 
-    def __init__(self, fraction: float = 0.5):
+    def __init__(self, fraction: float):
         self.fraction = fraction
 
     def unlearn(self, model: nn.Module, forget: Pair, retain: Pair, ctx: UnlearnContext) -> nn.Module:
@@ -327,10 +350,14 @@ class SalUn(Unlearning):
         return _random_label_fit(model, forget, retain, ctx, mask=mask)
 
 
+def _salun(ctx: UnlearnContext, lr: float, fraction: float) -> SalUn:
+    return SalUn(fraction)
+
+
 SALUN = Method(
     name="salun",
     kind="unlearning",
-    build=lambda ctx, lr=0.01, fraction=0.5: SalUn(fraction),
+    build=_salun,
     summary="gradient-saliency weight mask (top 50% of |grad| of the forget loss) + random-label fine-tuning of the masked weights",
     paper="Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024",
     url="https://arxiv.org/abs/2310.12508",
@@ -362,7 +389,7 @@ class NPO(Unlearning):
     `retain_weight` x CE on a retain batch of the same size each step (the paper's NPO+RT;
     retain_weight=0 gives plain NPO). An epoch is one pass over the forget set."""
 
-    def __init__(self, beta: float = 0.1, retain_weight: float = 1.0):
+    def __init__(self, beta: float, retain_weight: float):
         self.beta = beta
         self.retain_weight = retain_weight
 
@@ -383,10 +410,14 @@ class NPO(Unlearning):
         return _fit(model, forget, ctx, loss, generator=generator)
 
 
+def _npo(ctx: UnlearnContext, lr: float, beta: float, retain_weight: float) -> NPO:
+    return NPO(beta, retain_weight)
+
+
 NPO_METHOD = Method(
     name="npo",
     kind="unlearning",
-    build=lambda ctx, lr=0.01, beta=0.1, retain_weight=1.0: NPO(beta, retain_weight),
+    build=_npo,
     summary="negative preference optimisation on the forget set (bounded, adaptive gradient ascent) + retain cross-entropy",
     paper="Zhang et al., Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning, COLM 2024",
     url="https://arxiv.org/abs/2404.05868",
@@ -415,7 +446,7 @@ class SCRUB(Unlearning):
     over the forget set (minimise -KL(teacher||student)), then a min-step pass over the retain set
     (minimise gamma * CE + alpha * KL(teacher||student))."""
 
-    def __init__(self, max_epochs: int = 2, alpha: float = 0.001, gamma: float = 0.99, temperature: float = 4.0):
+    def __init__(self, max_epochs: int, alpha: float, gamma: float, temperature: float):
         self.max_epochs, self.alpha, self.gamma, self.temperature = max_epochs, alpha, gamma, temperature
 
     def unlearn(self, model: nn.Module, forget: Pair, retain: Pair, ctx: UnlearnContext) -> nn.Module:
@@ -438,10 +469,14 @@ class SCRUB(Unlearning):
         return model
 
 
+def _scrub(ctx: UnlearnContext, lr: float, max_epochs: int, alpha: float, gamma: float, temperature: float) -> SCRUB:
+    return SCRUB(max_epochs, alpha, gamma, temperature)
+
+
 SCRUB_METHOD = Method(
     name="scrub",
     kind="unlearning",
-    build=lambda ctx, lr=0.01, max_epochs=2, alpha=0.001, gamma=0.99, temperature=4.0: SCRUB(max_epochs, alpha, gamma, temperature),
+    build=_scrub,
     summary="teacher-student unlearning: max-steps away from the original on the forget set, min-steps toward it (KL + CE) on the retain set",
     paper="Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023",
     url="https://arxiv.org/abs/2302.09880",

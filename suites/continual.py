@@ -21,13 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.artifacts import artifact_id, cached_model
-from harness.engine import Normalizer, predict, train
+from harness.engine import Normalizer, predict
 from harness.hookspecs import hookimpl
-from harness.kinds import Augmentation, LossContext, MergeContext, Strategy, StrategyContext, Task
+from harness.kinds.merging import MergeContext
+from harness.kinds.strategy import Strategy, StrategyContext, Task, strategy_parts
+from harness.models import diagonal_fisher, recalibrate_bn
 from harness.params import Param
-from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
-from harness.training import build_training
+from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
 
 SCENARIOS = ("class", "task", "domain", "permuted")
 BASE_FRACTION = 0.1  # of each class's training images: the merging protocol's base split
@@ -191,29 +191,6 @@ def continual_eval_metrics(iterations: list[int], curves: list[list[float]], tas
 # ---------------------------------------------------------------------------------------------
 
 
-class _StrategyStep(Augmentation):
-    """Puts a strategy and the continual-evaluation probe into the engine's batch seam: the last
-    'augmentation' of every task. Every `EVAL_EVERY` iterations (before the step) it evaluates the
-    probe; it passes the batch through `strategy.batch` and adds `strategy.penalty` as a loss term."""
-
-    def __init__(self, strategy: Strategy, model: nn.Module, probe: Callable[[], None]):
-        self.strategy, self.model, self.probe = strategy, model, probe
-        self.iteration = 0  # within the task
-        self.x: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.iteration % EVAL_EVERY == 0:
-            self.probe()
-            self.model.train()
-        self.iteration += 1
-        x, y = self.strategy.batch(x, y, generator)
-        self.x = x
-        return x, y
-
-    def loss_term(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        return self.strategy.penalty(self.model, self.x, logits)
-
-
 def _concat(tasks: list[Task]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([t.x for t in tasks]), torch.cat([t.y for t in tasks])
 
@@ -223,13 +200,14 @@ def run_strategy_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutp
     k, num_tasks = data.num_classes, len(stream.tasks)
     first_x, first_y = _concat(stream.tasks[:1])
     normalizer = Normalizer.fit(first_x)  # fitted on the first task, then fixed for the stream
-    torch.manual_seed(spec.seed)  # model initialisation
     counts0 = torch.bincount(first_y, minlength=k).tolist()
-    setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts0, train_size=len(first_y))
-    model = setup.model.to(device)
+    # one model through the stream: initialised and shaped once (seeded with the run's seed)
+    model = ctx.new_model(num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts0, dataset_size=len(first_y)).to(device)
     norm_dev = normalizer.to(device)
     sctx = StrategyContext(num_classes=k, num_tasks=num_tasks, epochs=recipe["epochs"], batch_size=recipe["batch_size"], normalize=lambda z: norm_dev(z.to(device)), device=device, seed=spec.seed)
-    strategy = ctx.build_method("strategy", sctx) or Strategy()
+    strategy = ctx.build("strategy", sctx) or Strategy()
+    strategy_ref = spec.method("strategy")
+    strategy_name = strategy_ref.name if strategy_ref is not None else "naive fine-tuning"
 
     g = torch.Generator().manual_seed(20_011 + spec.seed)
     probes = []
@@ -243,12 +221,16 @@ def run_strategy_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutp
     def evaluate_all(m: nn.Module, sets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[float]:
         return [task_accuracy(m, x, y, mask, normalizer, device) for x, y, mask in sets]
 
-    step: _StrategyStep | None = None
-
-    def probe() -> None:
-        iterations.append(done[0] + (step.iteration if step is not None else 0))
+    def probe(iteration: int) -> None:
+        iterations.append(done[0] + iteration)
         for j, acc in enumerate(evaluate_all(model, probes)):
             curves[j].append(acc)
+        model.train()
+
+    def probe_every(iteration: int) -> None:  # continual evaluation: before every EVAL_EVERY-th step
+        seen_steps[0] = iteration + 1
+        if iteration % EVAL_EVERY == 0:
+            probe(iteration)
 
     full_sets = [(x, y, mask) for (x, y), mask in zip(stream.tests, stream.masks)]
     b = evaluate_all(model, full_sets)  # a randomly initialised model (this run's initialisation)
@@ -256,26 +238,22 @@ def run_strategy_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutp
     task_end: list[int] = []
     train_loss: list[float] = []
     seen: list[Task] = []
-    loss = setup.loss
     for t, task in enumerate(stream.tasks):
         seen.append(task)
         x, y = _concat(strategy.train_tasks(list(seen)))
-        if t > 0:  # the loss is rebuilt with this task's class counts (its model adaptation happened once)
-            counts = torch.bincount(y, minlength=k).tolist()
-            loss = ctx.build_method("loss", LossContext(k, tuple(counts), len(y), recipe["epochs"], device))
         strategy.before_task(model, task)
-        step = _StrategyStep(strategy, model, probe)
-        log = train(
-            model, x, y, recipe=recipe, loss_fn=loss, normalizer=normalizer, seed=spec.seed * 1000 + t, device=device,
-            augmentations=(*setup.augmentations, step), on_epoch=ctx.report_epoch, compile_model=ctx.compile_model,
-        )
-        train_loss.extend(log.train_loss)
-        done[0] += step.iteration
+        seen_steps = [0]
+        # the entry's training methods are built anew for each task (a loss gets this task's class
+        # counts); the model is trained on as it is; the strategy's batch hook and penalty join as parts
+        trained = ctx.fit(x, y, num_classes=k, normalizer=normalizer, model=model, seed=spec.seed * 1000 + t,
+                          parts=strategy_parts(strategy, model), part_names=(strategy_name, strategy_name), on_step=probe_every)
+        train_loss.extend(trained.log.train_loss)
+        done[0] += seen_steps[0]
         task_end.append(done[0])
-        step = None
+        model.train()
         strategy.after_task(model, task)
         r.append(evaluate_all(model, full_sets))
-    probe()  # the final model
+    probe(0)  # the final model (done[0] already counts every step)
     metrics = matrix_metrics(r, b)
     metrics.update(continual_eval_metrics(iterations, curves, task_end))
     series = {
@@ -297,70 +275,29 @@ def run_strategy_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutp
 # ---------------------------------------------------------------------------------------------
 
 
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, normalizer: Normalizer, device: str, batch_size: int = 200) -> None:
-    """Recompute every BatchNorm's running statistics as the plain average over batches of `x`."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    model.train()
-    norm = normalizer.to(device)
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size]
-            if len(xb) > 1:
-                model(norm(xb.to(device)))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.eval()
-
-
 def run_merging_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutput:
-    from harness_plugins.strategies import diagonal_fisher
-
     spec, recipe, device = ctx.spec, ctx.spec.recipe_dict(), ctx.device
     k, num_tasks = data.num_classes, len(stream.tasks)
     base_x, base_y = stream.base
     normalizer = Normalizer.fit(base_x)
-    variant = dict(spec.variant)
-    trainers = [dict(m) for m in spec.methods if dict(m)["kind"] in ("loss", "augmentation")]
-    recipe_key = {kk: v for kk, v in recipe.items()}
-    key_base = {"role": "continual_merging_base", "suite_version": spec.suite_version, "scenario": variant["scenario"], "tasks": num_tasks,
-                "seed": spec.seed, "recipe": recipe_key, "base_epochs": BASE_EPOCHS, "trainers": [{kk: m[kk] for kk in ("name", "version", "params")} for m in trainers]}
 
     def build() -> nn.Module:
-        torch.manual_seed(spec.seed)
-        counts = torch.bincount(base_y, minlength=k).tolist()
-        return build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(base_y)).model
+        return ctx.new_model(num_classes=k, in_chans=data.in_chans, img_size=data.img_size)
 
-    def trainer(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, init: dict[str, torch.Tensor] | None) -> Callable[[nn.Module], dict[str, Any]]:
-        def fit(model: nn.Module) -> dict[str, Any]:
-            if init is not None:
-                model.load_state_dict(init)
-            counts = torch.bincount(y, minlength=k).tolist()
-            setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(y))
-            t0 = time.perf_counter()
-            log = train(model, x, y, recipe={**recipe, "epochs": epochs}, loss_fn=setup.loss, normalizer=normalizer, seed=seed, device=device,
-                        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, compile_model=ctx.compile_model)
-            return {"train_seconds": time.perf_counter() - t0, "final_train_loss": log.train_loss[-1]}
-        return fit
-
-    cache = ctx.cache_dir
-    base_model, base_facts = cached_model(cache, key_base, build, trainer(base_x, base_y, BASE_EPOCHS, spec.seed, None))
+    # base, experts and the joint model: trained once (keyed by their data, recipe, seed, training
+    # methods and starting weights) and shared by every merging method of the cell
+    base = ctx.fit(base_x, base_y, num_classes=k, normalizer=normalizer, recipe={**recipe, "epochs": BASE_EPOCHS}, artifact="continual-merging-base")
+    base_model, base_facts = base.model, base.facts
     base_state = {kk: v.detach().cpu().clone() for kk, v in base_model.state_dict().items()}
-    base_id = artifact_id(key_base)
     experts, expert_facts = [], []
     for t, task in enumerate(stream.tasks):
-        key = {"role": "continual_merging_expert", "base": base_id, "task": t, "seed": spec.seed}
-        m, facts = cached_model(cache, key, build, trainer(task.x, task.y, recipe["epochs"], spec.seed * 1000 + t, base_state))
-        experts.append(m)
-        expert_facts.append(facts)
+        expert = ctx.fit(task.x, task.y, num_classes=k, normalizer=normalizer, seed=spec.seed * 1000 + t, init_state=base_state,
+                         artifact="continual-merging-expert")
+        experts.append(expert.model)
+        expert_facts.append(expert.facts)
     jx, jy = _concat(stream.tasks)
-    joint, joint_facts = cached_model(cache, {"role": "continual_merging_joint", "base": base_id, "seed": spec.seed}, build,
-                                      trainer(jx, jy, recipe["epochs"], spec.seed * 1000 + 999, base_state))
+    joint_fit = ctx.fit(jx, jy, num_classes=k, normalizer=normalizer, seed=spec.seed * 1000 + 999, init_state=base_state, artifact="continual-merging-joint")
+    joint, joint_facts = joint_fit.model, joint_fit.facts
 
     sets = [(x, y, mask) for (x, y), mask in zip(stream.tests, stream.masks)]
 
@@ -371,7 +308,7 @@ def run_merging_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutpu
     joint_acc = accuracies(joint)
     base_acc = accuracies(base_model)
 
-    merger = ctx.build_method("merging", MergeContext(num_tasks=num_tasks, device=device))
+    merger = ctx.build("merging", MergeContext(num_tasks=num_tasks, device=device))
     g = torch.Generator().manual_seed(30_011 + spec.seed)
     calib_idx = torch.randperm(len(jy), generator=g)[:BN_RECALIBRATION_SAMPLES]
     norm_dev = normalizer.to(device)
@@ -381,16 +318,16 @@ def run_merging_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutpu
         perms = [torch.randperm(len(y), generator=torch.Generator().manual_seed(40_009 + spec.seed + j)) for j, (_, y, _) in enumerate(sets)]
         return [torch.cat([norm_dev(x[p[i * 16 : (i + 1) * 16]].to(device)) for (x, _, _), p in zip(sets, perms)]) for i in range(10)]
 
-    extra: dict[str, Any] = {"param_keys": [n for n, _ in base_model.named_parameters()], "seed": spec.seed, "build_model": build}
+    mctx = MergeContext(num_tasks=num_tasks, unlabeled=unlabeled, device=device, param_keys=tuple(n for n, _ in base_model.named_parameters()),
+                        seed=spec.seed, build_model=build)
     t0 = time.perf_counter()
-    if getattr(merger, "needs_fisher", False):
+    if merger.needs_fisher:
         fishers = []
         for t, (task, e) in enumerate(zip(stream.tasks, experts)):
             keep = torch.randperm(len(task.y), generator=torch.Generator().manual_seed(spec.seed * 1000 + t))[:FISHER_SAMPLES]
             e.to(device)
             fishers.append({n: f.cpu() for n, f in diagonal_fisher(e, norm_dev(task.x[keep].to(device))).items()})
-        extra["fishers"] = fishers
-    mctx = MergeContext(num_tasks=num_tasks, unlabeled=unlabeled, device=device, extra=extra)
+        mctx.fishers = fishers
     expert_states = [{kk: v.detach().cpu() for kk, v in e.state_dict().items()} for e in experts]
     merged_state = merger.merge(base_state, expert_states, mctx)
     merged = build()
@@ -412,9 +349,7 @@ def run_merging_protocol(ctx: RunContext, stream: Stream, data: Any) -> RunOutpu
     info = {"num_tasks": num_tasks, "base_artifact": base_facts["artifact_id"], "base_reused": base_facts["reused"],
             "experts_reused": [f["reused"] for f in expert_facts], "joint_reused": joint_facts["reused"], "merge_seconds": merge_seconds,
             "base_size": len(base_y), "task_sizes": [len(t.y) for t in stream.tasks], **stream.info}
-    coefficients = getattr(merger, "coefficients", None)
-    if coefficients is not None:
-        series["adamerging_coefficients"] = [float(v) for v in coefficients.flatten()]
+    series.update(merger.report())
     return RunOutput(metrics=metrics, series=series, info=info)
 
 
@@ -427,7 +362,7 @@ def run(ctx: RunContext) -> RunOutput:
     spec, recipe = ctx.spec, ctx.spec.recipe_dict()
     variant = dict(spec.variant)
     protocol = variant["protocol"]
-    kinds = {dict(m)["kind"] for m in spec.methods}
+    kinds = set(spec.kinds)
     if protocol == "strategy" and "merging" in kinds:
         raise ValueError(f"entry {spec.entry!r} holds a merging method: run it with protocol=merging")
     if protocol == "merging" and "merging" not in kinds:
@@ -519,7 +454,7 @@ def harness_register_suites(register):
             name="continual",
             version="1",
             summary="continual learning on a task stream (class/task/domain/permuted): strategies ranked by final accuracy and forgetting; merging methods by merged-model accuracy",
-            ranks=("strategy", "merging", "loss", "augmentation"),
+            ranks=("strategy", "merging", TRAINING),
             baseline="ce+naive",  # the lower bound; in the merging protocol no entry is the baseline
             metrics=(
                 Metric("acc", True, "mean accuracy over tasks of the final model (strategy) or of the merged model (merging)"),

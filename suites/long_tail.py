@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from harness.engine import Normalizer, predict, train
+from harness.data import long_tail_counts, long_tail_indices  # noqa: F401 - re-exported: the protocol's sampling
+from harness.engine import Normalizer, predict
 from harness.hookspecs import hookimpl
 from harness.metrics import accuracy, expected_calibration_error, per_class_accuracy, shot_group_accuracy
 from harness.params import Param
-from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
-from harness.training import build_training
+from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
 
 # Many/few-shot thresholds of the literature (Liu et al., OLTR, CVPR 2019): many > 100, few < 20
 # training images, defined for CIFAR-100-LT whose head class has 500. At other head sizes the
 # thresholds scale with n_max (e.g. MNIST 5k, n_max 400: many > 80, few < 16).
 LITERATURE_MANY, LITERATURE_FEW, LITERATURE_NMAX = 100, 20, 500
 CURVE_TEST_IMAGES = 300  # the per-epoch accuracy curve: the first 300 test images (the split is shuffled)
-
-
-def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
-    """Exponential profile: n_i = floor(n_max * ratio^(-i/(K-1))), at least 1."""
-    return [max(1, int(n_max * ratio ** (-i / (num_classes - 1)))) for i in range(num_classes)]
-
-
-def long_tail_indices(labels: torch.Tensor, num_classes: int, ratio: float) -> torch.Tensor:
-    """Indices of the first n_i samples of each class i (order of the source split)."""
-    n_max = int(torch.bincount(labels, minlength=num_classes).min())
-    keep = []
-    for cls, n in enumerate(long_tail_counts(n_max, num_classes, ratio)):
-        keep.append(torch.nonzero(labels == cls).flatten()[:n])
-    return torch.cat(keep)
 
 
 def shot_thresholds(n_max: int, scale: str) -> tuple[float, float]:
@@ -53,10 +39,6 @@ def run(ctx: RunContext) -> RunOutput:
     keep = long_tail_indices(data.train_y, k, ratio)
     x, y = data.train_x[keep], data.train_y[keep]
     counts = torch.bincount(y, minlength=k).tolist()
-
-    torch.manual_seed(spec.seed)  # model initialisation
-    setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(y))
-    model = setup.model
     normalizer = Normalizer.fit(x)
 
     # the per-epoch curve (plots only; nothing is selected by it) uses a fixed subset of the test set
@@ -65,11 +47,9 @@ def run(ctx: RunContext) -> RunOutput:
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return {"test_top1": accuracy(predict(m, curve_x, normalizer=normalizer, device=ctx.device), curve_y)}
 
-    log = train(
-        model, x, y, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate, compile_model=ctx.compile_model,
-    )
-    logits = predict(model, data.test_x, normalizer=normalizer, device=ctx.device)
+    trained = ctx.fit(x, y, num_classes=k, class_counts=counts, normalizer=normalizer, evaluate=evaluate)
+    log = trained.log
+    logits = trained.predict(data.test_x)
     class_acc = per_class_accuracy(logits, data.test_y, k)
     many_above, few_below = shot_thresholds(max(counts), spec.scale)
     groups = shot_group_accuracy(class_acc, counts, many_above, few_below)
@@ -123,7 +103,8 @@ def harness_register_suites(register):
             name="long_tail",
             version="1",
             summary="class-imbalanced training (exponential profile), balanced test: top-1, many/medium/few-shot, ECE",
-            ranks=("loss", "augmentation"),
+            ranks=(TRAINING,),
+            default_kinds=("loss", "augmentation"),  # optimisers and other training kinds run when named
             baseline="ce",
             metrics=(
                 Metric("top1", True, "top-1 accuracy on the balanced test set"),

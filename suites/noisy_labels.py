@@ -16,106 +16,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.engine import Normalizer, predict, train
+from harness.engine import Normalizer, predict
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
+from harness.label_noise import (  # noqa: F401 - the protocol's noise models, importable from the suite
+    CIFAR10_CLASSES,
+    CIFAR10_PAIRS,
+    MNIST_PAIRS,
+    asym_pairs,
+    asymmetric_noise,
+    instance_noise,
+    noise_rng,
+    symmetric_noise,
+    transition_matrix,
+)
 from harness.metrics import accuracy
 from harness.params import Param
-from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
-from harness.training import build_training
+from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
 
 NOISE_KINDS = ("sym", "asym", "instance", "human")
 ASYM_MAX_RATE = 0.5
-
-# ---------------------------------------------------------------------------------------------
-# asymmetric flip pairs
-# ---------------------------------------------------------------------------------------------
-
-# Patrini et al., Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach,
-# CVPR 2017, Sec. 6 (used unchanged by GCE, SCE, APL and ELR).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_PAIRS = (("truck", "automobile"), ("bird", "airplane"), ("deer", "horse"), ("cat", "dog"), ("dog", "cat"))
-# Ma et al., Dimensionality-Driven Learning with Noisy Labels, ICML 2018 (and SCE, APL): MNIST.
-MNIST_PAIRS = ((2, 7), (3, 8), (5, 6), (6, 5), (7, 1))
-
-
-def asym_pairs(classes: tuple[str, ...], dataset: str) -> tuple[list[tuple[int, int]], str]:
-    """(source, target) class-index pairs for asymmetric noise, and where they come from."""
-    k = len(classes)
-    names = tuple(c.strip().lower().replace(" ", "_") for c in classes)
-    if names == CIFAR10_CLASSES:
-        index = {c: i for i, c in enumerate(names)}
-        return [(index[a], index[b]) for a, b in CIFAR10_PAIRS], "CIFAR-10 pairs of Patrini et al. 2017: truck->automobile, bird->airplane, deer->horse, cat<->dog"
-    if k == 10 and (names == tuple(str(i) for i in range(10)) or "mnist" in dataset.lower() or dataset == "digits"):
-        return list(MNIST_PAIRS), "MNIST pairs of Ma et al. 2018: 2->7, 3->8, 5<->6, 7->1"
-    if k == 100 and ("cifar100" in dataset.lower().replace("-", "") or "cifar_100" in dataset.lower()):
-        pairs = [(i, (i // 5) * 5 + (i % 5 + 1) % 5) for i in range(k)]
-        return pairs, "CIFAR-100: each class to the next, circularly within blocks of 5 consecutive class indices (Patrini et al. 2017 code, as used by APL and ELR)"
-    return [(i, (i + 1) % k) for i in range(k)], f"no known pair list for {dataset!r}: class i -> (i + 1) mod {k} (the circular flip of Patrini et al.)"
-
-
-# ---------------------------------------------------------------------------------------------
-# noise generators: clean labels [N] -> noisy labels [N], all randomness from `rng`
-# ---------------------------------------------------------------------------------------------
-
-
-def noise_rng(seed: int) -> np.random.Generator:
-    """The noise generator of a run seed: derived from the seed, independent of training's RNG."""
-    digest = hashlib.sha256(f"harness/noisy_labels/noise/{seed}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def symmetric_noise(labels: torch.Tensor, num_classes: int, rate: float, rng: np.random.Generator) -> torch.Tensor:
-    """Exactly round(rate * N) samples, chosen uniformly, get a label drawn uniformly from the K - 1 OTHER classes."""
-    y = labels.numpy().copy()
-    n = len(y)
-    flip = rng.permutation(n)[: round(rate * n)]
-    y[flip] = (y[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
-    return torch.from_numpy(y)
-
-
-def asymmetric_noise(labels: torch.Tensor, pairs: list[tuple[int, int]], rate: float, rng: np.random.Generator) -> torch.Tensor:
-    """In each source class a of (a, b), exactly round(rate * n_a) samples, chosen uniformly, get label b."""
-    clean = labels.numpy()
-    y = clean.copy()
-    for a, b in pairs:
-        members = np.flatnonzero(clean == a)
-        chosen = rng.permutation(members)[: round(rate * len(members))]
-        y[chosen] = b
-    return torch.from_numpy(y)
-
-
-def instance_noise(labels: torch.Tensor, features: torch.Tensor, num_classes: int, rate: float, rng: np.random.Generator, std: float = 0.1) -> torch.Tensor:
-    """Instance-dependent noise of Xia et al., Part-dependent Label Noise, NeurIPS 2020 (Appendix,
-    Algorithm 2 "instance-dependent label noise generation"; their code's get_instance_noisy_label):
-
-    q_i ~ N(rate, std^2) truncated to [0, 1]; W ~ N(0, 1) of shape [K, D, K]; for sample i with
-    label y and flattened features x_i: a = x_i W[y], a_y = -inf, row = q_i softmax(a), row_y = 1 - q_i;
-    the noisy label is drawn from the row. The mean flip rate is E q = rate (for rate away from 0, 1).
-    Features are pixels scaled to [0, 1].
-    """
-    from scipy.stats import truncnorm
-
-    clean = labels.numpy()
-    n = len(clean)
-    lo, hi = (0.0 - rate) / std, (1.0 - rate) / std
-    q = truncnorm.rvs(lo, hi, loc=rate, scale=std, size=n, random_state=rng)
-    x = features.reshape(n, -1).double().div(255.0)
-    w = torch.from_numpy(rng.standard_normal((num_classes, x.shape[1], num_classes)))
-    scores = torch.empty(n, num_classes, dtype=torch.float64)
-    for c in range(num_classes):
-        rows = torch.from_numpy(np.flatnonzero(clean == c))
-        if len(rows):
-            scores[rows] = x[rows] @ w[c]
-    idx = torch.from_numpy(clean)
-    scores[torch.arange(n), idx] = float("-inf")
-    probs = torch.softmax(scores, dim=1) * torch.from_numpy(q).unsqueeze(1)
-    probs[torch.arange(n), idx] = torch.from_numpy(1.0 - q)
-    u = rng.random(n)
-    cdf = probs.cumsum(dim=1).numpy()
-    noisy = (u[:, None] > cdf).sum(axis=1).clip(0, num_classes - 1)
-    return torch.from_numpy(noisy.astype(np.int64))
-
 
 # ---------------------------------------------------------------------------------------------
 # human noise: CIFAR-10N / CIFAR-100N label files (never unpickled)
@@ -126,11 +46,11 @@ def instance_noise(labels: torch.Tensor, features: torch.Tensor, num_classes: in
 HUMAN_KEYS = {"aggre": "aggre_label", "rand1": "random_label1", "rand2": "random_label2", "rand3": "random_label3", "worst": "worse_label", "noisy100": "noisy_label"}
 HUMAN_CLASSES = {"aggre": 10, "rand1": 10, "rand2": 10, "rand3": 10, "worst": 10, "noisy100": 100}
 HUMAN_FILE_HELP = (
-    "a local copy of the CIFAR-N labels as .json (an object with the published keys, e.g. "
+    "the published CIFAR-10_human.pt / CIFAR-100_human.pt (read as data: only arrays are accepted, nothing is "
+    "executed), or a local copy of the CIFAR-N labels as .json (an object with the published keys, e.g. "
     "{\"worse_label\": [...], \"clean_label\": [...]}, or a plain list), .npz (same keys), .npy (one int array) "
     "or .csv (a header row with the published keys, or one label per line), in the order of the CIFAR "
-    "training set; convert the published CIFAR-10_human.pt / CIFAR-100_human.pt once with your own torch "
-    "(the harness never unpickles files). Labels: http://www.noisylabels.com"
+    "training set. Labels: http://www.noisylabels.com"
 )
 
 
@@ -152,6 +72,10 @@ def read_label_file(path: Path, key: str) -> tuple[np.ndarray, np.ndarray | None
                 table = {k: npz[k] for k in npz.files}
         elif suffix == ".npy":
             table[key] = np.load(path, allow_pickle=False)
+        elif suffix == ".pt":  # the published CIFAR-N file, read without executing anything it holds
+            from harness.label_files import read_torch_label_file
+
+            table = read_torch_label_file(path)
         elif suffix == ".csv":
             with path.open(newline="") as fh:
                 rows = [r for r in csv.reader(fh) if r]
@@ -194,15 +118,6 @@ def human_noise(labels: torch.Tensor, num_classes: int, human: str, noise_file: 
 # ---------------------------------------------------------------------------------------------
 # what the noise did, and the metrics on the noisy training samples
 # ---------------------------------------------------------------------------------------------
-
-
-def transition_matrix(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Empirical T[i, j] = #(clean i, noisy j) / #(clean i), float64 [K, K]; a class without samples gets an identity row."""
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    counts.index_put_((clean.long(), noisy.long()), torch.ones(len(clean), dtype=torch.float64), accumulate=True)
-    totals = counts.sum(dim=1, keepdim=True)
-    eye = torch.eye(num_classes, dtype=torch.float64)
-    return torch.where(totals > 0, counts / totals.clamp_min(1.0), eye)
 
 
 def noisy_sample_fit(pred: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[float, float]:
@@ -260,22 +175,20 @@ def run(ctx: RunContext) -> RunOutput:
     wrong = noisy != clean
     counts = torch.bincount(noisy, minlength=k).tolist()  # what the loss sees: the noisy label counts
 
-    torch.manual_seed(spec.seed)  # model initialisation
-    setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(noisy))
     normalizer = Normalizer.fit(x)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        test = accuracy(predict(m, data.test_x, normalizer=normalizer, device=ctx.device), data.test_y)
-        pred = predict(m, x, normalizer=normalizer, device=ctx.device).argmax(1)
-        memorised, recovered = noisy_sample_fit(pred, clean, noisy)
-        return {"clean_top1": test, "memorisation": memorised, "clean_recovery": recovered}
+    def scores(test_logits: torch.Tensor, train_logits: torch.Tensor) -> dict[str, float]:
+        memorised, recovered = noisy_sample_fit(train_logits.argmax(1), clean, noisy)
+        return {"clean_top1": accuracy(test_logits, data.test_y), "memorisation": memorised, "clean_recovery": recovered}
 
-    log = train(
-        setup.model, x, noisy, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-        augmentations=setup.augmentations, on_epoch=ctx.report_epoch, evaluate=evaluate, compile_model=ctx.compile_model,
-    )
-    final = evaluate(setup.model)
-    train_pred = predict(setup.model, x, normalizer=normalizer, device=ctx.device).argmax(1)
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:  # per-epoch curves: the model's own logits
+        return scores(predict(m, data.test_x, normalizer=normalizer, device=ctx.device), predict(m, x, normalizer=normalizer, device=ctx.device))
+
+    trained = ctx.fit(x, noisy, num_classes=k, class_counts=counts, normalizer=normalizer, evaluate=evaluate)
+    log = trained.log
+    train_logits = trained.predict(x)
+    final = scores(trained.predict(data.test_x), train_logits)
+    train_pred = train_logits.argmax(1)
     matrix = transition_matrix(clean, noisy, k)
     realised = float(wrong.float().mean())
     return RunOutput(
@@ -364,7 +277,8 @@ def harness_register_suites(register):
             name="noisy_labels",
             version="1",
             summary="training under label noise (symmetric, asymmetric, instance-dependent, human): clean test top-1 and memorisation",
-            ranks=("loss", "augmentation"),
+            ranks=(TRAINING,),
+            default_kinds=("loss", "augmentation"),  # optimisers and other training kinds run when named
             baseline="ce",
             metrics=(
                 Metric("clean_top1", True, "top-1 accuracy on the clean test set at the last epoch"),
@@ -377,7 +291,7 @@ def harness_register_suites(register):
                 Param("noise", str, "sym", "noise model", choices=NOISE_KINDS),
                 Param("rate", float, RATE_DEFAULT, "noise rate in [0, 1) (asym: [0, 0.5]; not used by human)", low=0.0, high=1.0),
                 Param("human", str, "none", "CIFAR-N label set for noise=human", choices=("none", *HUMAN_KEYS)),
-                Param("noise_file", str, "none", "path of the local CIFAR-N label file for noise=human (.json/.npz/.npy/.csv)"),
+                Param("noise_file", str, "none", "path of the CIFAR-N label file for noise=human (the published .pt, or .json/.npz/.npy/.csv)"),
             ),
             scales={
                 "tiny": Recipe(

@@ -21,92 +21,20 @@ from typing import Any
 
 import torch
 
-from harness.artifacts import cached_model
 from harness.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_generator, default_table
-from harness.engine import Normalizer, predict, train
+from harness.engine import Normalizer, predict
 from harness.hookspecs import hookimpl
-from harness.kinds import AdaptContext, Adapter
-from harness.metrics import accuracy
+from harness.kinds.tta import AdaptContext, Adapter
+from harness.metrics import accuracy, detection_metrics
 from harness.params import Param
-from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
-from harness.training import build_training
+from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
+from harness.training import Trained
 
 VERSION = "1"
 ID_FRACTION = 0.6  # the first 60% of the classes are in-distribution (MNIST: 0-5), the rest open-set OOD
 TTA_BATCH = 64  # test batch size of every setting except wild_bs1 (SAR, EATA: 64 on ImageNet-C)
 CORRUPTION_SEED = 0  # fixed: the corrupted images and the stream order are part of the protocol
 SETTINGS = ("episodic", "continual", "gradual", "mixed", "wild_bs1", "wild_label_shift")
-
-
-# ---------------------------------------------------------------------------------------------
-# detection metrics (in-distribution = positive class, higher score = more in-distribution)
-# ---------------------------------------------------------------------------------------------
-
-
-def auroc(score_in: torch.Tensor, score_out: torch.Tensor) -> float:
-    """Area under the ROC curve = P(s_in > s_out) + 0.5 P(s_in = s_out) (Mann-Whitney U / n_in n_out)."""
-    s_in, s_out = score_in.double().flatten(), score_out.double().flatten()
-    if not len(s_in) or not len(s_out):
-        return float("nan")
-    allv = torch.cat([s_in, s_out])
-    # average ranks with ties
-    order = torch.argsort(allv, stable=True)
-    sorted_v = allv[order]
-    ranks = torch.empty_like(allv)
-    _uniq, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
-    ranks[order] = avg[inverse]
-    n1, n2 = len(s_in), len(s_out)
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    return float(u / (n1 * n2))
-
-
-def fpr_at_tpr(score_in: torch.Tensor, score_out: torch.Tensor, tpr: float = 0.95) -> float:
-    """False-positive rate on OOD at the largest threshold t whose TPR (in-distribution s >= t) is >= `tpr`."""
-    s_in, s_out = score_in.double().flatten(), score_out.double().flatten()
-    if not len(s_in) or not len(s_out):
-        return float("nan")
-    desc = torch.sort(s_in, descending=True).values
-    k = max(1, math.ceil(tpr * len(desc) - 1e-9))
-    threshold = desc[k - 1]
-    return float((s_out >= threshold).double().mean())
-
-
-def aupr(score_pos: torch.Tensor, score_neg: torch.Tensor) -> float:
-    """Average precision with `score_pos` the positives: sum over distinct thresholds of
-    (R_n - R_{n-1}) P_n (scikit-learn's `average_precision_score`; no interpolation)."""
-    pos, neg = score_pos.double().flatten(), score_neg.double().flatten()
-    if not len(pos):
-        return float("nan")
-    scores = torch.cat([pos, neg])
-    labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
-    order = torch.argsort(scores, descending=True, stable=True)
-    scores, labels = scores[order], labels[order]
-    tp, fp = torch.cumsum(labels, 0), torch.cumsum(1 - labels, 0)
-    last = torch.ones_like(scores, dtype=torch.bool)  # last index of each tie group
-    last[:-1] = scores[1:] != scores[:-1]
-    tp, fp = tp[last], fp[last]
-    precision, recall = tp / (tp + fp), tp / len(pos)
-    prev = torch.cat([torch.zeros(1, dtype=recall.dtype), recall[:-1]])
-    return float(((recall - prev) * precision).sum())
-
-
-def ood_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Higher = more in-distribution: maximum softmax probability (Hendrycks & Gimpel 2017),
-    max logit (Hendrycks et al. 2022), negative energy logsumexp(z) (Liu et al. 2020, T = 1)."""
-    z = logits.float()
-    return {"msp": z.softmax(1).max(1).values, "maxlogit": z.max(1).values, "energy": torch.logsumexp(z, 1)}
-
-
-def detection_metrics(logits_in: torch.Tensor, logits_out: torch.Tensor) -> dict[str, float]:
-    s_in, s_out = ood_scores(logits_in), ood_scores(logits_out)
-    out: dict[str, float] = {}
-    for name in s_in:
-        out[f"auroc_{name}"] = auroc(s_in[name], s_out[name])
-        out[f"fpr95_{name}"] = fpr_at_tpr(s_in[name], s_out[name], 0.95)
-        out[f"aupr_{name}"] = aupr(s_in[name], s_out[name])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,41 +164,9 @@ def corrupted_images(ctx: RunContext, dataset: str, x: torch.Tensor) -> torch.Te
     return ctx.data_memo[key]
 
 
-def _training_methods(ctx: RunContext) -> list[dict[str, Any]]:
-    out = []
-    for m in ctx.spec.methods:
-        d = dict(m)
-        if d["kind"] in ("loss", "augmentation"):
-            out.append({"name": d["name"], "kind": d["kind"], "version": d["version"], "params": dict(d["params"])})
-    return out
-
-
-def source_model(ctx: RunContext, split: dict[str, Any], in_chans: int, img_size: int) -> tuple[torch.nn.Module, dict[str, Any], Normalizer]:
-    """Train (or load) the source model of this run's (dataset, model, recipe, seed, loss, augmentation)."""
-    spec, recipe = ctx.spec, ctx.spec.recipe_dict()
-    x, y, k = split["train_x"], split["train_y"], split["k_in"]
-    normalizer = Normalizer.fit(x)
-    counts = torch.bincount(y, minlength=k).tolist()
-    key = {
-        "what": "ood-source", "suite": "ood", "suite_version": VERSION, "scale": spec.scale, "dataset": recipe["dataset"],
-        "model": recipe["model"], "recipe": recipe, "seed": spec.seed, "training_methods": _training_methods(ctx), "in_classes": k,
-    }
-    holder: dict[str, Any] = {}
-
-    def build() -> torch.nn.Module:
-        torch.manual_seed(spec.seed)
-        holder["setup"] = build_training(ctx, num_classes=k, in_chans=in_chans, img_size=img_size, class_counts=counts, train_size=len(y))
-        return holder["setup"].model
-
-    def fit(model: torch.nn.Module) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        setup = holder["setup"]
-        log = train(model, x, y, recipe=recipe, loss_fn=setup.loss, normalizer=normalizer, seed=spec.seed, device=ctx.device,
-                    augmentations=setup.augmentations, on_epoch=ctx.report_epoch, compile_model=ctx.compile_model)
-        return {"train_seconds": round(time.perf_counter() - t0, 3), "final_train_loss": log.train_loss[-1]}
-
-    model, facts = cached_model(ctx.cache_dir, key, build, fit)
-    return model.to(ctx.device).eval(), facts, normalizer
+def source_model(ctx: RunContext, split: dict[str, Any]) -> Trained:
+    """Train (or load) the source model of this run's (dataset, model, recipe, seed, training methods)."""
+    return ctx.fit(split["train_x"], split["train_y"], num_classes=split["k_in"], artifact="ood-source")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,11 +218,12 @@ def run(ctx: RunContext) -> RunOutput:
     setting, rounds = variant["setting"], variant["rounds"]
     data = ctx.load_dataset(recipe["dataset"])
     split = open_set_split(data)
-    model, facts, normalizer = source_model(ctx, split, data.in_chans, data.img_size)
+    source = source_model(ctx, split)
+    model, facts, normalizer = source.model, source.facts, source.normalizer
 
     # semantic shift: the source model on clean in-distribution vs held-out-class test images
-    logits_in = predict(model, split["test_x"], normalizer=normalizer, device=ctx.device)
-    logits_out = predict(model, split["ood_x"], normalizer=normalizer, device=ctx.device)
+    logits_in = source.predict(split["test_x"])
+    logits_out = source.predict(split["ood_x"])
     metrics: dict[str, float] = {"clean_acc": accuracy(logits_in, split["test_y"]), **detection_metrics(logits_in, logits_out)}
 
     # covariate shift: the same stream for the unadapted source model and for the method
@@ -336,7 +233,7 @@ def run(ctx: RunContext) -> RunOutput:
     src_grid, src_s5, src_all = _grid_means(src_err, src_cnt)
 
     adapt_ctx = AdaptContext(num_classes=split["k_in"], device=ctx.device)
-    method = ctx.build_method("tta", adapt_ctx)
+    method = ctx.build("tta", adapt_ctx)
     adapter = method.adapt(model, adapt_ctx) if method is not None else _Unadapted(model)
     t0 = time.perf_counter()
     err, cnt, seg_err = run_stream(adapter, stream, images, split["test_y"], normalizer, ctx.device)
@@ -347,15 +244,15 @@ def run(ctx: RunContext) -> RunOutput:
         "err_s5": err_s5, "err_all": err_all, "source_err_s5": src_s5,
         "gain_s5": src_s5 - err_s5, "gain_all": src_all - err_all if math.isfinite(err_all) else float("nan"),
     })
-    tta = spec.method_params("tta")
+    tta = spec.method("tta")
     info: dict[str, Any] = {
         "artifact_id": facts["artifact_id"], "reused": facts["reused"], "source_train_seconds": facts.get("train_seconds"),
-        "tta_seconds": round(tta_seconds, 3), "tta_method": tta[0] if tta else "source (no tta method in the entry)",
+        "tta_seconds": round(tta_seconds, 3), "tta_method": tta.name if tta else "source (no tta method in the entry)",
         "setting": setting, "rounds": rounds, "tta_batch_size": 1 if setting == "wild_bs1" else TTA_BATCH,
         "in_classes": list(range(split["k_in"])), "ood_classes": list(range(split["k_in"], data.num_classes)),
         "n_test_in": len(split["test_y"]), "n_test_ood": len(split["ood_x"]), "n_train": len(split["train_y"]),
         "corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES), "severity_table": default_table(data.in_chans),
-        "recoveries": getattr(adapter, "recoveries", None),
+        **adapter.facts(),
     }
     return RunOutput(
         metrics=metrics,
@@ -372,8 +269,8 @@ def run(ctx: RunContext) -> RunOutput:
 CARD = """\
 **Scenario.** Open-set split: the first 60% of the dataset's classes are in-distribution (MNIST:
 digits 0-5), the rest are held out as semantic-shift OOD (6-9). The source model is trained on
-the in-distribution training images only, once per (dataset, model, recipe, seed, loss,
-augmentation) and stored as an artifact that every TTA method and setting reuses (`info.artifact_id`,
+the in-distribution training images only, once per (dataset, model, recipe, seed, training
+methods) and stored as an artifact that every TTA method and setting reuses (`info.artifact_id`,
 `info.reused`). An entry without a `tta` method is evaluated without adaptation (`source`).
 
 **Covariate shift.** The in-distribution test images under 13 corruptions x 5 severities
@@ -426,7 +323,7 @@ def harness_register_suites(register):
             name="ood",
             version=VERSION,
             summary="TTA under 13 corruptions x 5 severities (episodic/continual/gradual/mixed/wild) + open-set detection of the source model",
-            ranks=("tta", "loss", "augmentation"),
+            ranks=("tta", TRAINING),
             baseline="ce+source",  # the unadapted source model
             default_kinds=("tta",),  # losses and augmentations are ranked when named with method=
             metrics=(

@@ -13,7 +13,6 @@ validation criterion that never touches the test split (see CARD).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from typing import Any
@@ -21,17 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.artifacts import cached_model
-from harness.engine import Normalizer, predict, train
+from harness.engine import Normalizer, predict
 from harness.errors import RunDiverged
 from harness.hookspecs import hookimpl
-from harness.kinds import UnlearnContext
+from harness.kinds.unlearning import UnlearnContext
+from harness.label_noise import noise_rng, symmetric_noise
 from harness.metrics import accuracy
 from harness.params import Param
-from harness.suite import Metric, Recipe, RunContext, RunOutput, Suite
-from harness.training import build_training
+from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
 
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"  # 2: the noisy protocol draws its noise with harness.label_noise (CHANGELOG.md)
 PROTOCOLS = ("random10", "random1", "random50", "class", "noisy")
 VAL_FRACTION = 0.1  # held out of the training split for lr selection (SalUn's code holds out 10% too)
 FORGET_CLASS = 0  # class-wise forgetting removes every training image of this class
@@ -53,19 +51,6 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def symmetric_noise(y: torch.Tensor, num_classes: int, rate: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric label noise: exactly round(rate * N) samples (seeded) get a label drawn uniformly
-    from the K-1 wrong classes. Returns (noisy labels, bool mask of the mislabelled samples)."""
-    g = torch.Generator().manual_seed(20_000 + seed)
-    n_noisy = round(rate * len(y))
-    flipped = torch.zeros(len(y), dtype=torch.bool)
-    flipped[torch.randperm(len(y), generator=g)[:n_noisy]] = True
-    noisy = y.clone()
-    shift = torch.randint(1, num_classes, (n_noisy,), generator=g)
-    noisy[flipped] = (y[flipped] + shift) % num_classes
-    return noisy, flipped
-
-
 def forget_mask(protocol: str, y_clean: torch.Tensor, flipped: torch.Tensor, seed: int) -> torch.Tensor:
     """Bool mask over the training pool of the samples to forget under `protocol`."""
     n = len(y_clean)
@@ -79,10 +64,6 @@ def forget_mask(protocol: str, y_clean: torch.Tensor, flipped: torch.Tensor, see
     if protocol == "noisy":
         return flipped.clone()
     raise ValueError(f"unknown forget protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-
-
-def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +141,8 @@ def run(ctx: RunContext) -> RunOutput:
     pool, val = holdout_split(len(data.train_y), VAL_FRACTION, seed)
     x_pool, y_clean = data.train_x[pool], data.train_y[pool]
     if protocol == "noisy":
-        y_pool, flipped = symmetric_noise(y_clean, k, NOISE_RATE, seed)
+        y_pool = symmetric_noise(y_clean, k, NOISE_RATE, noise_rng(seed, "unlearning/noise"))
+        flipped = y_pool != y_clean  # symmetric noise always moves a chosen label to another class
     else:
         y_pool, flipped = y_clean, torch.zeros(len(y_clean), dtype=torch.bool)
     fmask = forget_mask(protocol, y_clean, flipped, seed)
@@ -179,36 +161,14 @@ def run(ctx: RunContext) -> RunOutput:
     }
     normalizer = Normalizer.fit(x_pool)
 
-    # --- original and retrained models: trained once, stored, reused ---------------------------
-    loss_component = spec.method_params("loss")
-    base_key = {
-        "suite": f"unlearning v{SUITE_VERSION}", "dataset": recipe["dataset"], "model": recipe["model"], "recipe": recipe,
-        "loss": list(loss_component) if loss_component else None, "seed": seed, "val_fraction": VAL_FRACTION,
-        "train_indices": _digest(pool), "labels": _digest(y_pool),
-    }
+    # --- original and retrained models: trained once (keyed by their data, recipe, seed and
+    # training methods), stored, reused by every method ----------------------------------------
+    def trained(role: str, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+        out = ctx.fit(x, y, num_classes=k, normalizer=normalizer, artifact=f"unlearning-{role}")
+        return out.model, out.facts
 
-    def trained(role: str, x: torch.Tensor, y: torch.Tensor, extra: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-        holder: dict[str, Any] = {}
-
-        def build() -> nn.Module:
-            torch.manual_seed(seed)  # model initialisation
-            counts = torch.bincount(y, minlength=k).tolist()
-            setup = build_training(ctx, num_classes=k, in_chans=data.in_chans, img_size=data.img_size, class_counts=counts, train_size=len(y))
-            holder["loss"] = setup.loss
-            return setup.model
-
-        def fit(model: nn.Module) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            log = train(model, x, y, recipe=recipe, loss_fn=holder["loss"], normalizer=normalizer, seed=seed, device=ctx.device,
-                        on_epoch=ctx.report_epoch, compile_model=ctx.compile_model)
-            _sync(ctx.device)
-            return {"train_seconds": time.perf_counter() - t0, "final_train_loss": log.train_loss[-1], "train_size": len(y)}
-
-        model, facts = cached_model(ctx.cache_dir, {**base_key, "role": role, **extra}, build, fit)
-        return model.to(ctx.device).eval(), facts
-
-    original, original_facts = trained("original", x_pool, y_pool, {})
-    retrained, retrain_facts = trained("retrain", *splits["retain"], {"forget": protocol, "forget_indices": _digest(torch.nonzero(fmask).flatten())})
+    original, original_facts = trained("original", x_pool, y_pool)
+    retrained, retrain_facts = trained("retrain", *splits["retain"])
 
     def logits_of(model: nn.Module, heldout: str = "test") -> dict[str, torch.Tensor]:
         """Logits on forget, retain and one held-out split (val for selection, test for reporting)."""
@@ -226,8 +186,8 @@ def run(ctx: RunContext) -> RunOutput:
     ref_val, ref_test = scores(logits_of(retrained, "val"), "val"), scores(ref_logits, "test")
 
     # --- the unlearning method, its lr chosen on the validation criterion ----------------------
-    name, params = spec.method_params("unlearning")
-    method = ctx.catalog.methods.get(name)
+    ref = spec.method("unlearning")
+    name, params = ref.name, ref.hyperparameters
     epochs = _unlearn_epochs(spec.scale, recipe)
     forget_f = (normalizer.to(ctx.device)(splits["forget"][0].to(ctx.device)), splits["forget"][1].to(ctx.device))
     retain_f = (normalizer.to(ctx.device)(splits["retain"][0].to(ctx.device)), splits["retain"][1].to(ctx.device))
@@ -236,8 +196,8 @@ def run(ctx: RunContext) -> RunOutput:
     def attempt(lr: float) -> tuple[nn.Module, float]:
         uctx = UnlearnContext(num_classes=k, epochs=epochs, lr=lr, batch_size=int(recipe["batch_size"]), device=ctx.device,
                                    original=copy.deepcopy(original), seed=seed)
-        unlearner = method.build(uctx, **{**params, **({"lr": lr} if "lr" in params else {})})
-        if getattr(unlearner, "is_reference", False):
+        unlearner = ctx.build("unlearning", uctx, **({"lr": lr} if "lr" in params else {}))
+        if unlearner.is_reference:
             uctx.retrained = retrained
         torch.manual_seed(seed)
         model = copy.deepcopy(original).to(ctx.device)
@@ -247,8 +207,8 @@ def run(ctx: RunContext) -> RunOutput:
         _sync(ctx.device)
         return model, time.perf_counter() - t0
 
-    probe = method.build(UnlearnContext(num_classes=k, epochs=epochs, lr=centre, batch_size=int(recipe["batch_size"]), device=ctx.device), **params)
-    search = getattr(probe, "lr_search", True)
+    probe = ctx.build("unlearning", UnlearnContext(num_classes=k, epochs=epochs, lr=centre, batch_size=int(recipe["batch_size"]), device=ctx.device))
+    search = probe.lr_search
     candidates = [centre * f for f in LR_FACTORS] if search else [centre]
     tried: list[dict[str, Any]] = []
     best: tuple[float, nn.Module, float, float] | None = None  # (val_gap, model, seconds, lr)
@@ -277,7 +237,7 @@ def run(ctx: RunContext) -> RunOutput:
         "gap": average_gap(test_scores, ref_test),
         **test_scores,
         "kl": kl_to_reference(ref_logits["forget"], out_logits["forget"]),
-        "rte": seconds / retrain_seconds if not getattr(probe, "is_reference", False) else 1.0,
+        "rte": seconds / retrain_seconds if not probe.is_reference else 1.0,
     }
     orig_scores = scores(logits_of(original), "test")
     return RunOutput(
@@ -357,6 +317,7 @@ SUITE = Suite(
     version=SUITE_VERSION,
     summary="machine unlearning vs. retraining from scratch: UA, RA, TA, MIA-efficacy, average gap to the retrained model (SalUn protocol)",
     ranks=("unlearning",),
+    trains_with=(TRAINING,),  # the original and retrained models train with the entry's training methods
     baseline="retrain",  # the reference row: every method's gap and paired test are against it
     metrics=(
         Metric("gap", False, "average |difference| to the retrained model over UA, RA, TA, MIA-efficacy"),

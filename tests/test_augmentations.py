@@ -33,8 +33,7 @@ def methods() -> dict:
 
 def build(name: str, **params) -> Augmentation:
     method = methods()[name]
-    defaults = {p.name: p.default for p in method.params}
-    return method.build(ctx(), **{**defaults, **params})
+    return method.create(ctx(), **params)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -270,7 +269,7 @@ def test_randaugment_ops_differ_per_sample_and_paths_agree():
 
 def test_randaugment_rejects_unknown_ops():
     with pytest.raises(ValueError, match="unknown ops"):
-        A.RandAugment(ctx(), ops=("identity", "warp_drive"))
+        A.RandAugment(ctx(), num_ops=2, magnitude=9, ops=("identity", "warp_drive"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +292,7 @@ def softmax_max(row: list[float]) -> float:
 
 
 def test_rankmixup_mndcg_hand_computed():
-    aug = A.RankMixup(ctx(2), variant="mndcg", num_mixup=2, weight=0.1)
+    aug = A.RANKMIXUP.create(ctx(2), variant="mndcg", num_mixup=2, weight=0.1)
     logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # raw, mix 1, mix 2 (one raw sample)
     targets = torch.tensor([[1.0, 0.0], [0.4, 0.6], [0.7, 0.3]])  # relevances 1, 0.6, 0.7
     c0, c1, c2 = softmax_max([2, 0]), softmax_max([1, 0]), 0.5
@@ -305,7 +304,7 @@ def test_rankmixup_mndcg_hand_computed():
 
 
 def test_rankmixup_mndcg_is_zero_when_confidences_equal_relevances():
-    aug = A.RankMixup(ctx(2), variant="mndcg", num_mixup=1, weight=1.0)
+    aug = A.RANKMIXUP.create(ctx(2), variant="mndcg", num_mixup=1, weight=1.0)
     p = 0.8
     logits = torch.tensor([[30.0, 0.0], [math.log(p / (1 - p)), 0.0]])  # confidences ~1 and 0.8
     targets = torch.tensor([[1.0, 0.0], [0.8, 0.2]])
@@ -313,7 +312,7 @@ def test_rankmixup_mndcg_is_zero_when_confidences_equal_relevances():
 
 
 def test_rankmixup_mrl_hand_computed_and_zero_beyond_margin():
-    aug = A.RankMixup(ctx(2), variant="mrl", num_mixup=1, weight=0.1, margin=2.0)
+    aug = A.RANKMIXUP.create(ctx(2), variant="mrl", num_mixup=1, weight=0.1, margin=2.0)
     logits = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 2.0], [0.5, 0.0]])  # raw 0, raw 1, mix 0, mix 1
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.4], [1.0, 0.0]])  # mix 1: same-class pair, masked
     # mix 0: relu(max(1, 2) - max(3, 0) + 2) = 1; mix 1 masked -> mean over 2 mixed rows
@@ -328,7 +327,7 @@ def test_rankmixup_mrl_hand_computed_and_zero_beyond_margin():
 
 
 def test_decoupled_regulariser_hand_computed():
-    aug = A.DecoupledMixup(ctx(4), alpha=1.0, eta=0.1)
+    aug = A.DECOUPLED_MIXUP.create(ctx(4), alpha=1.0, eta=0.1)
     logits = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0]])
     targets = torch.tensor([[0.3, 0.7, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])  # row 2 is not mixed: no term
     rest = math.exp(0.5) + math.exp(-1.0)
@@ -339,10 +338,10 @@ def test_decoupled_regulariser_hand_computed():
 def test_decoupled_regulariser_vanishes_without_mixed_rows_and_with_eta_zero():
     logits = torch.randn(4, K)
     onehot = nn.functional.one_hot(torch.arange(4), K).float()
-    assert float(A.DecoupledMixup(ctx(), eta=0.1).loss_term(logits, onehot)) == 0.0
-    assert float(A.DecoupledMixup(ctx(), eta=0.1).loss_term(logits, torch.arange(4))) == 0.0
+    assert float(A.DECOUPLED_MIXUP.create(ctx(), eta=0.1).loss_term(logits, onehot)) == 0.0
+    assert float(A.DECOUPLED_MIXUP.create(ctx(), eta=0.1).loss_term(logits, torch.arange(4))) == 0.0
     mixed = 0.5 * onehot + 0.5 * onehot.roll(1, dims=0)
-    assert float(A.DecoupledMixup(ctx(), eta=0.0).loss_term(logits, mixed)) == 0.0
+    assert float(A.DECOUPLED_MIXUP.create(ctx(), eta=0.0).loss_term(logits, mixed)) == 0.0
 
 
 def test_decoupled_regulariser_with_every_class_mixed_is_zero():

@@ -10,11 +10,11 @@ from harness.hookspecs import hookimpl
 from harness.kinds import Loss, Method
 from harness.registry import DuplicateNameError, Registry
 
-BUILTIN_LOSSES = {"ce", "label_smoothing", "focal", "class_balanced", "ldam", "ldam_drw", "balanced_softmax", "logit_adjustment"}
+BUILTIN_LOSSES = {"ce", "label_smoothing", "focal", "class_balanced", "ldam", "ldam_drw", "balanced_softmax", "logit_adjustment", "pskd", "sade"}
 
 
-def _method(name: str) -> Method:
-    return Method(name, "loss", lambda ctx: Loss(), f"{name} loss", "test fixture")
+def _method(name: str, kind: str = "loss") -> Method:
+    return Method(name, kind, lambda ctx: Loss(), f"{name} loss", "test fixture")
 
 
 class GoodPlugin:
@@ -67,6 +67,19 @@ def test_autoload_can_be_disabled_and_allow_listed(monkeypatch):
     monkeypatch.setenv("HARNESS_PLUGINS", "losses")
     catalog = load_catalog()
     assert set(catalog.methods.names()) == BUILTIN_LOSSES and len(catalog.suites) == 0
+    assert {"loss", "augmentation", "optimizer"} <= set(catalog.kinds.names())  # the built-in kinds always load
+
+
+def test_a_method_of_an_unregistered_kind_breaks_its_plugin_with_a_suggestion():
+    class Regulariser:
+        @hookimpl
+        def harness_register_methods(self, register):
+            register(_method("my_reg", kind="los"))
+
+    catalog = load_catalog(plugins=((Regulariser(), "reg"),))
+    info = catalog.plugins["reg"]
+    assert not info.ok and "unknown kind 'los'" in info.error and "did you mean 'loss'" in info.error
+    assert "my_reg" not in catalog.methods
 
 
 def test_unknown_names_get_suggestions():
@@ -113,7 +126,7 @@ def test_trace_prints_hook_calls(monkeypatch, capsys):
 
 def test_invalid_method_declarations_are_rejected():
     with pytest.raises(ValueError, match="kind"):
-        Method("x", "regulariser", object, "s", "p")
+        Method("x", "not a kind", object, "s", "p")
     with pytest.raises(ValueError, match="paper"):
         Method("x", "loss", object, "s", "")
     with pytest.raises(ValueError, match="letters"):
@@ -146,3 +159,35 @@ def test_a_second_plugin_with_a_taken_name_does_not_hide_the_first():
     clash = [p for key, p in catalog.plugins.items() if key != "losses" and p.name == "losses"]
     assert len(clash) == 1 and "already loaded" in clash[0].error
     assert "my_loss" not in catalog.methods
+
+
+def test_a_third_party_method_named_like_a_built_in_is_refused_and_the_built_ins_keep_working():
+    class Impostor:
+        @hookimpl
+        def harness_register_methods(self, register):
+            register(_method("ce"))
+
+    catalog = load_catalog(plugins=((Impostor(), "impostor"),))
+    info = catalog.plugins["impostor"]
+    assert not info.ok and "'harness-bench'" in info.error and "'impostor'" in info.error  # both packages named
+    assert catalog.methods.get("ce").plugin == "harness-bench"
+    assert BUILTIN_LOSSES <= set(catalog.methods.names())  # no built-in loss was knocked out
+
+
+def test_a_third_party_methods_run_identity_names_its_distribution():
+    from harness.method import MethodRef
+    from harness.spec import RunSpec
+
+    class Poly:
+        @hookimpl
+        def harness_register_methods(self, register):
+            register(_method("poly_ident"))
+
+    catalog = load_catalog(plugins=((Poly(), "poly"),))
+    ref = MethodRef.of(catalog.methods.get("poly_ident"))
+    assert ref.plugin == "poly" and ref.canonical()["plugin"] == "poly"
+    assert "plugin" not in MethodRef.of(catalog.methods.get("ce")).canonical()  # built-in ids are unchanged
+    other = MethodRef(ref.name, ref.kind, ref.version, ref.params, ref.changed, "another-package")
+    spec = lambda r: RunSpec("long_tail", "1", "tiny", (("ratio", 100),), (r,), 0, (("dataset", "mnist5k"),))  # noqa: E731
+    assert spec(ref).run_id != spec(other).run_id
+    assert RunSpec.from_canonical(spec(ref).canonical()) == spec(ref)

@@ -188,3 +188,15 @@ def test_ctrl_c_stores_finished_runs_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130
     assert "run the same command again to resume" in err
     assert len(stored(tmp_path)) == len(list(tmp_path.glob("runs/*/result.json"))) >= 1
+
+
+def test_device_must_be_one_torch_knows(tmp_path):
+    code, _, err = run_cli("run", *FAST, "method=ce", "seeds=1", "device=tpu", f"results={tmp_path}")
+    assert code == 2 and "bad value 'tpu' for device: expected auto, cpu, cuda, cuda:N or mps" in err
+    assert not list(tmp_path.glob("runs/*/result.json"))
+
+
+def test_every_data_set_of_the_grid_is_reachable_before_the_first_run_trains(tmp_path):
+    code, _, err = run_cli("run", *FAST, "dataset=mnist5k,cifar10", "method=ce", "seeds=1", f"results={tmp_path}")
+    assert code == 2 and "cifar10" in err and "hub" in err.lower()
+    assert not list(tmp_path.glob("runs/*/result.json"))  # mnist5k was not trained first

@@ -65,7 +65,7 @@ def test_training_is_deterministic_for_a_seed_and_learns():
     for _ in range(2):
         torch.manual_seed(0)
         model = SmallCNN(4, 1, 12)
-        log = train(model, x, y, recipe=RECIPE, loss_fn=CE(), normalizer=Normalizer.fit(x), seed=0, device="cpu")
+        log = train(model, x, y, recipe=RECIPE, parts=[CE()], normalizer=Normalizer.fit(x), seed=0, device="cpu")
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         accs.append(accuracy(predict(model, x, normalizer=Normalizer.fit(x), device="cpu"), y))
         assert len(log.train_loss) == 3 and log.train_loss[-1] < log.train_loss[0]
@@ -77,7 +77,7 @@ def test_a_non_finite_loss_stops_the_run_early_as_diverged():
     x, y = toy_data()
     epochs_seen = []
     with pytest.raises(RunDiverged, match="epoch 2 of 3"):
-        train(SmallCNN(4, 1, 12), x, y, recipe=RECIPE, loss_fn=NaNAfterFirstEpoch(), normalizer=Normalizer.fit(x), seed=0, device="cpu", on_epoch=lambda e, n, loss: epochs_seen.append(e))
+        train(SmallCNN(4, 1, 12), x, y, recipe=RECIPE, parts=[NaNAfterFirstEpoch()], normalizer=Normalizer.fit(x), seed=0, device="cpu", on_epoch=lambda e, n, loss: epochs_seen.append(e))
     assert epochs_seen == [1]
 
 

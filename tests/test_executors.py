@@ -144,3 +144,182 @@ def test_bad_execution_options_fail_before_training(tmp_path, arg, fragment):
     code, _, err = run_cli(*GRID, arg, f"results={tmp_path}")
     assert code == 2 and fragment in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# workers die with their coordinator; the time limit starts with the run; held runs are explained
+# ---------------------------------------------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    """Ended (a zombie nobody reaped counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def _wait_gone(pids: list[int], seconds: float = 60) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if not _gone(p)]
+
+
+COORDINATOR = r"""
+import sys, time
+from pathlib import Path
+from harness.executors import LocalPool
+from harness.runner import ExecOptions
+pool = LocalPool(ExecOptions(jobs=2), catalog=None, suite=None, device="cpu", cache_dir=Path(sys.argv[1]))
+workers = [pool._start(i) for i in range(2)]
+print(" ".join(str(w["proc"].pid) for w in workers), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_workers_die_with_a_coordinator_killed_with_sigkill(tmp_path):
+    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in coordinator.stdout.readline().split()]
+    try:
+        assert len(workers) == 2
+        time.sleep(5)  # let them load the catalog and block on their task pipe, as idle workers do
+        assert not any(_gone(p) for p in workers)
+        coordinator.kill()
+        coordinator.wait()
+        assert _wait_gone(workers) == []
+    finally:
+        coordinator.kill()
+        for pid in workers:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+WATCHED = r"""
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import os; from harness.executors import _watch_parent; print(os.getpid(), flush=True); _watch_parent(os.getppid())"], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_the_parent_watchdog_ends_a_worker_without_help_from_the_kernel(tmp_path):
+    """The portable fallback alone (no prctl): a process whose parent exits ends itself."""
+    parent = subprocess.run([sys.executable, "-c", WATCHED], capture_output=True, text=True, timeout=120)
+    pid = int(parent.stdout.strip())
+    try:
+        assert _wait_gone([pid]) == []
+    finally:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+STARTUP_S, RUN_S = 6.0, 0.5
+
+
+def slow_starting_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None):
+    """A pool worker whose start-up (imports, catalog, CUDA context) takes longer than the time limit."""
+    from harness.executors import die_with_parent
+    from harness.spec import RunSpec
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    time.sleep(STARTUP_S)
+    while (item := tasks.get()) is not None:
+        run_id = RunSpec.from_canonical(item).run_id
+        events.put(("started", index, run_id))
+        time.sleep(RUN_S)
+        events.put(("done", index, run_id, {"run_id": run_id, "status": "ok"}))
+
+
+def test_the_time_limit_counts_from_the_start_of_the_run_not_of_the_worker(tmp_path, monkeypatch):
+    from harness import executors
+    from harness.runner import ExecOptions, Sink
+    from harness.spec import RunSpec
+    from harness.testing import fake_record
+
+    class SlowStartPool(executors.LocalPool):
+        worker = staticmethod(slow_starting_worker)
+
+    monkeypatch.setattr(executors, "make_record", lambda spec, suite, catalog, *, status, error, **kw: {"run_id": spec.run_id, "status": status, "error": error})
+    specs = [RunSpec.from_canonical(fake_record(seed=s)["spec"]) for s in range(2)]
+    finished = {}
+    sink = Sink(started=lambda spec: None, progress=lambda *a: None, finished=lambda spec, record: finished.setdefault(spec.run_id, record))
+    pool = SlowStartPool(ExecOptions(jobs=1, timeout_s=3), catalog=None, suite=None, device="cpu", cache_dir=tmp_path)
+    pool.run(specs, sink)
+    assert [finished[s.run_id]["status"] for s in specs] == ["ok", "ok"]  # 6 s of start-up, 0.5 s runs, a 3 s limit
+
+
+def never_ending_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None):
+    from harness.executors import die_with_parent
+    from harness.spec import RunSpec
+
+    die_with_parent(parent_pid)
+    item = tasks.get()
+    events.put(("started", index, RunSpec.from_canonical(item).run_id))
+    time.sleep(600)
+
+
+def test_a_started_run_past_its_limit_is_still_stopped(tmp_path, monkeypatch):
+    from harness import executors
+    from harness.runner import ExecOptions, Sink
+    from harness.spec import RunSpec
+    from harness.testing import fake_record
+
+    class HangingPool(executors.LocalPool):
+        worker = staticmethod(never_ending_worker)
+
+    monkeypatch.setattr(executors, "make_record", lambda spec, suite, catalog, *, status, error, **kw: {"run_id": spec.run_id, "status": status, "error": error})
+    spec = RunSpec.from_canonical(fake_record()["spec"])
+    finished = {}
+    sink = Sink(started=lambda spec: None, progress=lambda *a: None, finished=lambda spec, record: finished.setdefault(spec.run_id, record))
+    HangingPool(ExecOptions(jobs=1, timeout_s=1), catalog=None, suite=None, device="cpu", cache_dir=tmp_path).run([spec], sink)
+    assert finished[spec.run_id]["status"] == "timeout" and "time limit of 1 s" in finished[spec.run_id]["error"]
+
+
+def test_a_run_held_by_another_host_says_who_holds_it_and_how_to_take_it_over(tmp_path):
+    from harness.runner import wait_for_other_holders
+    from harness.spec import RunSpec
+    from harness.testing import fake_record
+
+    store = ResultStore(tmp_path)
+    spec = RunSpec.from_canonical(fake_record()["spec"])
+    claim = tmp_path / "runs" / spec.run_id / ".claim"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "since": time.time() - 600}))
+    said = []
+
+    def say(text):
+        said.append(text)
+        claim.unlink()  # the user takes the way out the message offers
+
+    wait_for_other_holders(store, {spec.run_id: spec}, say=say)
+    (text,) = said
+    assert "process 4242 on host gpu-node-7" in text and "10 min ago" in text and "ce seed=0" in text
+    assert f"rm {claim}" in text and "expire 24 h after they were made" in text
+    assert store.claim(spec.run_id)  # and the run is ours
+
+
+def test_a_run_held_by_a_live_process_here_is_waited_for_with_its_holder_named(tmp_path):
+    from harness.runner import wait_for_other_holders
+    from harness.spec import RunSpec
+    from harness.testing import fake_record
+
+    holder = subprocess.Popen([sys.executable, "-c", f"from harness.store import ResultStore; import time; ResultStore({str(tmp_path)!r}).claim({'0' * 16!r}); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spec = RunSpec.from_canonical(fake_record()["spec"])
+        said = []
+
+        def say(text):
+            said.append(text)
+            holder.kill()  # the other command ends (or is killed): its claim goes stale
+
+        wait_for_other_holders(ResultStore(tmp_path), {"0" * 16: spec}, say=say)
+        assert f"process {holder.pid} on this host" in said[0] and "expire" not in said[0]
+    finally:
+        holder.kill()
+        holder.wait()

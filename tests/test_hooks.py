@@ -25,7 +25,7 @@ OBSERVERS = ["harness_grid_start", "harness_run_start", "harness_run_progress", 
 
 
 def test_the_hook_list_is_what_this_file_expects():
-    assert HOOKS == sorted(["harness_register_methods", "harness_register_suites", "harness_register_datasets", "harness_register_models", *OBSERVERS])
+    assert HOOKS == sorted(["harness_register_kinds", "harness_register_methods", "harness_register_suites", "harness_register_datasets", "harness_register_models", *OBSERVERS])
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -114,7 +114,9 @@ def test_csv_markdown_and_table(store):
     assert float(focal["p_vs_baseline"]) == pytest.approx(0.00409, abs=1e-5) and focal["n_pairs"] == "3" and focal["ci_low"]
     md = render(selected, "markdown")
     assert "| rank" in md and "0.7100 ± 0.0100" in md and md.startswith("### long_tail v1")
-    assert "[0.6852, 0.7348]" in md and "0.004 (n=3)" in md and "+0.0900" in md and "Student t" in md
+    # focal's p 0.00409 and ldam's 0.0110 are one family: Holm doubles the smaller, keeps the larger
+    assert "[0.6852, 0.7348]" in md and "0.008 ▲ (n=3)" in md and "0.011 ▲ (n=3)" in md and "+0.0900" in md and "Student t" in md
+    assert "p vs ce (t, Holm)" in md and "Holm-adjusted" in md
     table = render(selected, "table")
     assert "top1 ↑" in table and "|" not in table.splitlines()[2]
     assert table.index("top1") < table.index("few_shot")  # primary metric first

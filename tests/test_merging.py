@@ -8,10 +8,11 @@ from torch import nn
 
 from harness.kinds import MergeContext
 from harness_plugins.merging import (
+    ADAMERGING,
+    DARE,
+    FISHER,
     METHODS,
-    AdaMerging,
     Average,
-    Dare,
     FisherMerging,
     TaskArithmetic,
     Ties,
@@ -24,8 +25,8 @@ E1 = {"w": torch.tensor([2.0, 0.5, 1.0, 4.0])}  # tau1 = [ 1.0, -0.5,  0.0, 3.0]
 E2 = {"w": torch.tensor([0.0, 2.0, 1.5, 2.0])}  # tau2 = [-1.0,  1.0,  0.5, 1.0]
 
 
-def _ctx(**extra) -> MergeContext:
-    return MergeContext(num_tasks=2, extra=extra)
+def _ctx(**fields) -> MergeContext:
+    return MergeContext(num_tasks=2, **fields)
 
 
 def test_every_merging_method_is_registered_with_a_paper():
@@ -62,15 +63,15 @@ def test_ties_trims_elects_and_takes_the_disjoint_mean():
 
 def test_dare_drops_with_a_seeded_mask_and_rescales():
     p, lam, seed = 0.5, 1.0, 3
-    out = Dare(p=p, lam=lam).merge(BASE, [E1, E2], _ctx(seed=seed))
+    out = DARE.create(_ctx(), p=p, lam=lam).merge(BASE, [E1, E2], _ctx(seed=seed))
     g = torch.Generator().manual_seed(seed)
     keep1 = torch.rand(4, generator=g) >= p
     keep2 = torch.rand(4, generator=g) >= p
     tau1, tau2 = E1["w"] - BASE["w"], E2["w"] - BASE["w"]
     expected = BASE["w"] + lam * (tau1 * keep1 / (1 - p) + tau2 * keep2 / (1 - p))
     assert torch.allclose(out["w"], expected)
-    assert Dare(p=0.0, lam=0.5).merge(BASE, [E1, E2], _ctx(seed=seed))["w"].tolist() == [1.0, 1.25, 1.25, 3.0]  # = task arithmetic
-    same = Dare(p=0.0, lam=1.0, combine="ties", top_k=50.0).merge(BASE, [E1, E2], _ctx(seed=seed))
+    assert DARE.create(_ctx(), p=0.0, lam=0.5).merge(BASE, [E1, E2], _ctx(seed=seed))["w"].tolist() == [1.0, 1.25, 1.25, 3.0]  # = task arithmetic
+    same = DARE.create(_ctx(), p=0.0, lam=1.0, combine="ties", top_k=50.0).merge(BASE, [E1, E2], _ctx(seed=seed))
     assert same["w"].tolist() == [2.0, 2.0, 1.0, 3.0]  # = TIES
 
 
@@ -83,7 +84,7 @@ def test_fisher_merging_weights_each_entry_by_the_experts_fishers():
     floored = FisherMerging(floor=1e-6).merge(BASE, [E1, E2], _ctx(fishers=[{"w": torch.zeros(4)}, {"w": torch.zeros(4)}]))
     assert torch.allclose(floored["w"], torch.tensor([1.0, 1.25, 1.25, 3.0]))  # no information: the plain mean
     with pytest.raises(ValueError, match="fishers"):
-        FisherMerging().merge(BASE, [E1, E2], _ctx())
+        FISHER.create(_ctx()).merge(BASE, [E1, E2], _ctx())
 
 
 def test_buffers_are_averaged_or_taken_from_the_base():
@@ -104,7 +105,7 @@ def test_ties_combine_trims_over_the_whole_flattened_task_vector():
 
 
 def test_adamerging_without_steps_is_task_arithmetic_at_its_initial_coefficient():
-    out = AdaMerging(granularity="task", init=0.5, steps=0).merge(BASE, [E1, E2], _ctx())
+    out = ADAMERGING.create(_ctx(), granularity="task", init=0.5, steps=0).merge(BASE, [E1, E2], _ctx())
     assert out["w"].tolist() == [1.0, 1.25, 1.25, 3.0]
 
 
@@ -114,7 +115,7 @@ def test_adamerging_learns_coefficients_that_lower_the_prediction_entropy():
     base = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
     experts = [{k: v + torch.randn_like(v) for k, v in base.items()} for _ in range(2)]
     x = torch.randn(32, 3)
-    ctx = MergeContext(num_tasks=2, unlabeled=lambda: [x], extra={"build_model": lambda: nn.Linear(3, 4)})
+    ctx = MergeContext(num_tasks=2, unlabeled=lambda: [x], build_model=lambda: nn.Linear(3, 4))
 
     def entropy(state):
         m = nn.Linear(3, 4)
@@ -123,8 +124,8 @@ def test_adamerging_learns_coefficients_that_lower_the_prediction_entropy():
             logits = m(x)
         return float(-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean())
 
-    start = entropy(AdaMerging(init=0.3, steps=0).merge(base, experts, ctx))
-    ada = AdaMerging(granularity="layer", init=0.3, steps=30, lr=0.05)
+    start = entropy(ADAMERGING.create(ctx, init=0.3, steps=0).merge(base, experts, ctx))
+    ada = ADAMERGING.create(ctx, granularity="layer", init=0.3, steps=30, lr=0.05)
     end = entropy(ada.merge(base, experts, ctx))
     assert end < start - 1e-3
     assert ada.coefficients.shape == (2, 2) and bool(((ada.coefficients >= 0) & (ada.coefficients <= 1)).all())

@@ -135,9 +135,18 @@ def test_human_labels_from_json_npy_and_csv(tmp_path):
         N.human_noise(torch.zeros(5, dtype=torch.int64), K, "worst", str(tmp_path / "n.json"))
     with pytest.raises(HarnessError, match="does not exist"):
         N.human_noise(clean, K, "worst", str(tmp_path / "missing.json"))
-    (tmp_path / "labels.pt").write_bytes(b"\x80\x02")
-    with pytest.raises(HarnessError, match="never unpickles"):
+    (tmp_path / "labels.pt").write_bytes(b"\x80\x02")  # a truncated pickle: refused with a message
+    with pytest.raises(HarnessError, match=r"labels\.pt"):
         N.human_noise(clean, K, "worst", str(tmp_path / "labels.pt"))
+
+
+def test_human_labels_from_the_published_torch_file(tmp_path):
+    # the published CIFAR-10_human.pt is a torch-saved dict of numpy arrays: read as data, never executed
+    clean = torch.tensor([0, 1, 2, 3] * 3)
+    worst = np.asarray([1, 1, 2, 0] * 3)
+    torch.save({"clean_label": clean.numpy(), "worse_label": worst, "aggre_label": clean.numpy()}, tmp_path / "CIFAR-10_human.pt")
+    noisy, digest = N.human_noise(clean, K, "worst", str(tmp_path / "CIFAR-10_human.pt"))
+    assert noisy.tolist() == worst.tolist() and len(digest) == 64
 
 
 def test_end_to_end_tiny_run(tmp_path):

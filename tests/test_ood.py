@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.metrics import aupr, auroc, detection_metrics, fpr_at_tpr
 from harness.testing import run_cli
-from harness_suites.ood import CORRUPTIONS, DOMAINS, SETTINGS, aupr, auroc, build_stream, detection_metrics, fpr_at_tpr
+from harness_suites.ood import CORRUPTIONS, DOMAINS, SETTINGS, build_stream
 
 
 def t(*v: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import harness.kinds.loss as kind_loss
 from harness.catalog import load_catalog
 from harness.kinds import Loss, LossContext
 from harness_plugins import losses as base_losses
@@ -57,10 +58,7 @@ def methods() -> dict:
 
 
 def build(name: str, c: LossContext | None = None, **hp) -> Loss:
-    m = methods()[name]
-    params = {p.name: p.default for p in m.params}
-    params.update(hp)
-    return m.build(c or ctx(), **params)
+    return methods()[name].create(c or ctx(), **hp)
 
 
 def value(loss: Loss, rows, targets, index=None) -> float:
@@ -319,10 +317,10 @@ def test_accepts_half_precision_logits(name):
 
 
 def test_registered_methods_are_complete_and_build_with_defaults():
-    catalog = load_catalog(autoload=False, plugins=((R, "robust_losses"),))
+    catalog = load_catalog(autoload=False, plugins=((kind_loss, "kind_loss"), (R, "robust_losses")))
     info = catalog.plugins["robust_losses"]
     assert info.ok, info.error
-    assert catalog.methods.names() == list(NAMES)
+    assert catalog.methods.names() == [*NAMES, "coteaching"]  # co-teaching trains two networks (tests/test_training_methods.py)
     for name in NAMES:
         m = catalog.methods.get(name)
         assert m.kind == "loss"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.catalog import load_catalog
 from harness.errors import HarnessError
-from harness.scaffold import SCAFFOLD_KINDS, new_plugin, plugin_names
+from harness.scaffold import new_plugin, plugin_names, scaffold_kinds
 from harness.testing import run_cli
 
 RUFF = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
@@ -71,11 +72,11 @@ def test_an_existing_non_empty_folder_is_refused_and_left_alone(tmp_path):
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert new_plugin("my-methods", directory=tmp_path / "empty") == tmp_path / "empty"  # a missing folder is fine
     code, _, err = run_cli("new-plugin", "my-methods", "kind=regulariser", f"dir={tmp_path / 'x'}")
-    assert code == 2 and "expected one of loss, augmentation, merging, unlearning, tta" in err
+    assert code == 2 and "expected one of loss, augmentation, optimizer, merging, unlearning, tta, strategy" in err
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", SCAFFOLD_KINDS)
+@pytest.mark.parametrize("kind", scaffold_kinds(load_catalog()))
 def test_generated_code_passes_ruff_and_its_own_tests(kind, tmp_path):
     root = new_plugin(f"lab-{kind}", kind=kind, directory=tmp_path / f"lab-{kind}")
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(

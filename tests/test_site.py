@@ -138,7 +138,7 @@ def test_board_page_has_statistics_runs_and_plots(results, tmp_path):
     assert board == board_page({**protocol, "recipe_id": re.search(r"recipe</th><td>([0-9a-f]{8})", page).group(1)})
     assert "Student t" in page and "Protocol card: <a" in page and "long_tail v1</a> (version 1)" in page
     assert "[0.6852, 0.7348]" in page  # focal's 95% CI
-    assert "0.004 (n=3)" in page and "+0.0900" in page  # paired test against ce
+    assert "0.008 ▲ (n=3)" in page and "+0.0900" in page and "p vs ce (t, Holm)" in page  # paired test against ce, Holm over 2
     assert "Failed and diverged runs (2)" in page and "diverged" in page
     assert page.count('class="chart"') == 3  # per-class plot, test_top1_per_epoch, curve
     assert "per-class accuracy by class frequency" in page and "(log scale)" in page

@@ -52,8 +52,9 @@ def test_grid_is_the_cross_product_of_swept_keys(catalog):
 def test_default_methods_are_every_installed_method_of_the_ranked_kinds(catalog):
     specs = grid(catalog, "suite=long_tail", "seeds=1")
     entries = {s.entry for s in specs}
-    losses = {m.name for m in catalog.methods if m.kind == "loss"}
+    losses = {m.name for m in catalog.methods if m.kind == "loss" and (not m.suites or "long_tail" in m.suites)}
     assert losses <= entries
+    assert "coteaching" not in entries and "sade" in entries  # a method names the suites whose default grid runs it
     assert "ce+hflip" in entries  # an augmentation alone trains with the suite's baseline loss
 
 
@@ -112,6 +113,10 @@ def test_canonical_json_round_trips(catalog):
         (["suite=long_tail", "dataset=mnist6k"], UnknownNameError, "did you mean 'mnist5k'"),
         (["suite=long_tail", "model=small_cn"], UnknownNameError, "did you mean 'small_cnn'"),
         (["suite=long_tail", "method=ce,,focal"], HarnessError, "empty value"),
+        (["suite=long_tail", "momentum=5"], HarnessError, "bad value 5.0 for momentum: expected a float in [0.0, 0.999]"),
+        (["suite=long_tail", "warmup_epochs=100"], HarnessError, "warmup_epochs=100 is longer than epochs=15"),
+        (["suite=long_tail", "epochs=x"], HarnessError, "(default 15)"),  # the recipe's own value, not a placeholder
+        (["suite=long_tail", "method=ce+sam+ldam"], HarnessError, "two methods of kind 'loss'"),
     ],
 )
 def test_bad_input_fails_before_training_with_a_useful_message(catalog, args, error, fragment):

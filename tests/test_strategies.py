@@ -11,6 +11,7 @@ from torch import nn
 from harness.kinds import Strategy, StrategyContext, Task
 from harness_plugins.strategies import (
     EWC,
+    EWC_METHOD,
     L2,
     METHODS,
     Joint,
@@ -81,7 +82,7 @@ def test_ewc_penalty_is_half_lambda_fisher_weighted_squared_distance():
     expected = 0.5 * 10.0 * sum(float((fisher[k] * (p - anchor[k]) ** 2).sum()) for k, p in model.named_parameters())
     assert ewc.penalty(model, torch.zeros(1, 4), torch.zeros(1, 3)).item() == pytest.approx(expected, rel=1e-5)
     assert expected > 0
-    assert EWC(_ctx()).penalty(model, torch.zeros(1, 4), torch.zeros(1, 3)) is None  # no past task yet
+    assert EWC_METHOD.create(_ctx()).penalty(model, torch.zeros(1, 4), torch.zeros(1, 3)) is None  # no past task yet
 
 
 def test_l2_penalty_value():

@@ -34,7 +34,7 @@ def batch(seed: int = 1, n: int = 16) -> torch.Tensor:
 
 def build(name: str, **params):
     method = {m.name: m for m in tta.METHODS}[name]
-    return method.build(CTX, **params).adapt(tiny_model(), CTX)
+    return method.create(CTX, **params).adapt(tiny_model(), CTX)
 
 
 def state(adapter) -> dict[str, torch.Tensor]:
@@ -47,7 +47,7 @@ def entropy(logits: torch.Tensor) -> float:
 
 def test_source_is_the_model_in_eval_mode_and_never_changes():
     model, x = tiny_model(), batch()
-    adapter = tta.SOURCE.build(CTX).adapt(model, CTX)
+    adapter = tta.SOURCE.create(CTX).adapt(model, CTX)
     with torch.no_grad():
         expected = model(x)
     assert torch.allclose(adapter(x), expected)
@@ -57,7 +57,7 @@ def test_source_is_the_model_in_eval_mode_and_never_changes():
 
 def test_bn_adapt_normalises_with_the_test_batch_statistics():
     model, x = tiny_model(), batch()
-    adapter = tta.BN_ADAPT.build(CTX).adapt(model, CTX)
+    adapter = tta.BN_ADAPT.create(CTX).adapt(model, CTX)
     with torch.no_grad():
         h = model[0](x)
         mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
@@ -67,7 +67,7 @@ def test_bn_adapt_normalises_with_the_test_batch_statistics():
     assert torch.allclose(adapter(x), expected, atol=1e-5)
     # prior N mixes the source statistics in: mu = N/(N+n) mu_s + n/(N+n) mu_t
     n, prior = len(x), 48.0
-    mixed = tta.BN_ADAPT.build(CTX, prior=prior).adapt(model, CTX)
+    mixed = tta.BN_ADAPT.create(CTX, prior=prior).adapt(model, CTX)
     with torch.no_grad():
         h = model[0](x)
         a = prior / (prior + n)
@@ -116,7 +116,7 @@ def test_adapters_never_modify_the_callers_model():
     reference = copy.deepcopy(model.state_dict())
     for m in tta.METHODS:
         params = {"n_aug": 2} if m.name == "cotta" else {}
-        adapter = m.build(CTX, **params).adapt(model, CTX)
+        adapter = m.create(CTX, **params).adapt(model, CTX)
         adapter(batch())
     assert all(torch.equal(reference[k], v) for k, v in model.state_dict().items())
 

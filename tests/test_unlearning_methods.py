@@ -43,7 +43,7 @@ def test_every_method_registers_with_a_paper_and_an_lr_centre():
     for m in U.METHODS:
         assert m.kind == "unlearning" and m.paper and m.url.startswith("https://")
         assert "lr" in {p.name for p in m.params}
-        built = m.build(ctx(), **{p.name: p.default for p in m.params})
+        built = m.create(ctx())
         out = built.unlearn(tiny_model(), FORGET, RETAIN, ctx())
         assert isinstance(out, nn.Module)
 
@@ -165,7 +165,7 @@ def test_npo_gradient_tends_to_gradient_ascent_as_beta_goes_to_zero():
 
 
 def test_npo_and_scrub_raise_the_forget_loss():
-    for method in (U.NPO(beta=0.1, retain_weight=0.0), U.SCRUB(max_epochs=1, alpha=0.0, gamma=0.0)):
+    for method in (U.NPO(beta=0.1, retain_weight=0.0), U.SCRUB_METHOD.create(ctx(), max_epochs=1, alpha=0.0, gamma=0.0)):
         model = tiny_model()
         before = ce(model, FORGET)
         # SCRUB with gamma=alpha=0 does only its max step (KL away from the teacher) on the forget set

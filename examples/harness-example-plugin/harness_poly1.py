@@ -10,13 +10,13 @@ import torch
 from torch.nn import functional as F
 
 from harness import Method, Param, hookimpl
-from harness.kinds import Loss, LossContext
+from harness.kinds.loss import Loss, LossContext
 
 
 class Poly1(Loss):
     """L = CE + epsilon * (1 - p_t). Soft targets t: sum_k t_k * (CE_k + epsilon * (1 - p_k))."""
 
-    def __init__(self, ctx: LossContext, epsilon: float = 1.0):
+    def __init__(self, ctx: LossContext, epsilon: float):  # the default is declared once, on the Param
         super().__init__()
         self.num_classes = ctx.num_classes
         self.epsilon = epsilon

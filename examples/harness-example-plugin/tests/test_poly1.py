@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from harness.kinds import LossContext
+from harness.kinds.loss import LossContext
 
 from harness_poly1 import POLY1
 
