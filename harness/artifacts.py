@@ -3,8 +3,9 @@ original and retrained models, a continual suite's base model).
 
 An artifact is identified by the hash of a canonical JSON key (what it was trained on and how);
 it is trained by the first run that needs it and reused by every later run, in any process.
-Weights are stored as safetensors (never pickle) with a JSON sidecar holding the key and facts
-about the training; a file lock makes concurrent workers wait for one training instead of
+Weights are stored as safetensors (never pickle) with a JSON sidecar (the artifact's card) holding
+the key, facts about the training and the SHA-256 of the weights, so that a copy shared with
+`harness push`/`pull` is verified against its id and its weights before use; a file lock makes concurrent workers wait for one training instead of
 repeating it.
 """
 
@@ -27,6 +28,14 @@ ARTIFACT_FORMAT = 1  # bump when the stored layout changes
 def artifact_id(key: dict[str, Any]) -> str:
     text = json.dumps({"format": ARTIFACT_FORMAT, **key}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 23), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextmanager
@@ -66,6 +75,7 @@ def cached_model(
         save_file(state, str(tmp))
         os.replace(tmp, weights)
         tmp_meta = sidecar.with_name(f".{aid}.{os.getpid()}.json.tmp")
-        tmp_meta.write_text(json.dumps({"key": key, "facts": facts}, sort_keys=True, indent=1))
+        # the weights' digest lets `harness push`/`pull` verify a shared copy before anyone uses it
+        tmp_meta.write_text(json.dumps({"key": key, "facts": facts, "weights_sha256": weights_sha256(weights)}, sort_keys=True, indent=1))
         os.replace(tmp_meta, sidecar)
     return model, {**facts, "artifact_id": aid, "reused": False}

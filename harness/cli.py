@@ -4,6 +4,7 @@ that need them, so `harness --help` answers at once."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +24,9 @@ examples:
   harness run suite=long_tail method=focal focal.gamma=0.5,1,2 epochs=30
   harness run suite=long_tail jobs=2 timeout=600           2 worker processes, 10 min per run
   harness run suite=long_tail executor=ray address=auto     on a Ray cluster
+  harness run suite=long_tail executor=slurm slurm_partition=gpu slurm_gpus_per_node=1   one SLURM job per run
+  harness run suite=long_tail loggers=tensorboard,mlflow    log curves and metrics (log_dir=DIR)
+  harness push hf://datasets/ORG/REPO                       share results; harness pull ... merges them
   harness leaderboard suite=long_tail format=markdown
   harness list methods
   harness show RUN_ID
@@ -54,15 +58,122 @@ def _load_catalog() -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+# keys of `harness run` that change how a grid runs or is watched, not what it computes (not part of
+# any run's identity): taken out before the grid is built from the rest
+LOGGER_KEYS = ("loggers", "log_dir")
+SLURM_KEYS = {  # key -> (type, submitit parameter)
+    "slurm_partition": (str, "partition"), "slurm_time": (int, "time_min"), "slurm_gpus_per_node": (int, "gpus_per_node"),
+    "slurm_cpus_per_task": (int, "cpus_per_task"), "slurm_mem_gb": (float, "mem_gb"), "slurm_account": (str, "account"),
+    "slurm_qos": (str, "qos"), "slurm_constraint": (str, "constraint"), "slurm_array_parallelism": (int, "array_parallelism"),
+    "slurm_folder": (str, "folder"), "slurm_cluster": (str, "cluster"),
+}
+RUN_EXTRA_KEYS = (*LOGGER_KEYS, *SLURM_KEYS)
+
+
+def _split_run_keys(overrides: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(the keys the grid is built from, the logger and SLURM keys)."""
+    extra = {k: v for k, v in overrides.items() if k in RUN_EXTRA_KEYS}
+    return {k: v for k, v in overrides.items() if k not in RUN_EXTRA_KEYS}, extra
+
+
+def _build_grid(catalog: Any, overrides: dict[str, str]) -> Any:
+    from harness.spec import build_grid
+
+    try:
+        return build_grid(catalog, overrides)
+    except HarnessError as exc:  # a misspelt logger or SLURM key: the grid's keys do not list them
+        import difflib
+
+        text = str(exc)
+        if text.startswith("unknown key "):
+            key = text.split("'")[1] if "'" in text else ""
+            close = difflib.get_close_matches(key, RUN_EXTRA_KEYS, n=1)
+            if close:
+                raise HarnessError(f"unknown key {key!r}; did you mean {close[0]}? (execution keys: {', '.join(RUN_EXTRA_KEYS)})") from None
+        raise
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.spec import build_grid, parse_overrides
+    from harness.spec import parse_overrides
 
     overrides = parse_overrides(args.overrides)
     if "format" in overrides and overrides["format"] not in _formats():
         raise HarnessError(f"bad value {overrides['format']!r} for format: expected one of {', '.join(_formats())}")
-    exec_options(overrides)  # validate before loading plugins or training
+    rows = "tuned" if overrides.get("tune", "0") != "0" else "all"
+    if _answer_from_memo(overrides, rows):
+        return 0
+    grid = execute_grid(overrides)
+    for problem in grid.report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if grid.report.interrupted:
+        return 130
+    _remember_grid(overrides, grid)
+    _print_leaderboard(grid.store, suite=grid.suite.name, scale=grid.specs[0].scale, variants={s.variant_label for s in grid.specs},
+                       fmt=overrides.get("format", "table"), catalog=grid.catalog, rows=rows)
+    return 0
+
+
+def _answer_from_memo(overrides: dict[str, str], rows: str) -> bool:
+    """A grid run before with the same plugin code and stored in full: print its board without
+    loading plugins (harness.grid_memo). False (nothing printed) when the grid must be resolved."""
+    from harness import grid_memo
+    from harness.store import ResultStore
+
+    results = _results_dir(overrides)
+    if not (results / grid_memo.FOLDER).is_dir():
+        return False
+    memo = grid_memo.read(results, grid_memo.grid_key(overrides, grid_memo.plugin_fingerprint()))
+    if memo is None:
+        return False
+    store = ResultStore(results)
+    report = store.sync()
+    if not set(memo.run_ids) <= store.done_ids():
+        return False
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{len(memo.run_ids)} run(s) already stored, skipped", file=sys.stderr)
+    validation = {memo.suite: memo.validation_metric} if memo.validation_metric else {}
+    _print_leaderboard(store, suite=memo.suite, scale=memo.scale, variants=set(memo.variants), fmt=overrides.get("format", "table"), rows=rows,
+                       validation=validation, reported={memo.suite: list(memo.reported)})
+    return True
+
+
+def _remember_grid(overrides: dict[str, str], grid: GridRun) -> None:
+    """After a grid ran to the end with every run done, memoise what its keys resolved to."""
+    from harness import grid_memo
+
+    if not grid_memo.entry_points_only(grid.catalog):
+        return  # plugins registered in-process (not through entry points): the fingerprint cannot see them
+    done = grid.store.done_ids()
+    if not grid.specs or not all(s.run_id in done for s in grid.specs):
+        return
+    key = grid_memo.grid_key(overrides, grid_memo.plugin_fingerprint())
+    grid_memo.write(grid.store.root, key, grid_memo.memo_of(grid.catalog, grid.suite, grid.specs))
+
+
+@dataclasses.dataclass
+class GridRun:
+    """What `execute_grid` did: the catalog, suite, specs, results store and the runner's report."""
+
+    catalog: Any
+    suite: Any
+    specs: list[Any]
+    store: Any
+    report: Any
+
+
+def execute_grid(overrides: dict[str, str], *, progress: bool = True) -> GridRun:
+    """`harness run`'s work without its printing (the Python API calls it too): validate every key
+    before anything loads or trains, then train and store the grid."""
+    overrides, extra = _split_run_keys(overrides)
+    options = exec_options({**overrides, **extra})  # validate before loading plugins or training
+    if options.executor == "slurm":
+        from harness.executors import check_slurm
+
+        check_slurm(dict(options.slurm))
+    loggers = _logger_names(extra)
     catalog = _load_catalog()
-    suite, specs = build_grid(catalog, overrides)
+    suite, specs = _build_grid(catalog, overrides)
     from harness.engine import resolve_device
     from harness.progress import ProgressDisplay
     from harness.runner import run_grid
@@ -71,14 +182,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = resolve_device(overrides.get("device", "auto"))
     store = ResultStore(_results_dir(overrides))
     _check_datasets_reachable(catalog, specs, store)
-    catalog.pm.register(ProgressDisplay(), name="harness-progress")
-    report = run_grid(catalog, suite, specs, store, device=device, options=exec_options(overrides))
-    for problem in report.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if report.interrupted:
-        return 130
-    _print_leaderboard(store, suite=suite.name, scale=specs[0].scale, variants={s.variant_label for s in specs}, fmt=overrides.get("format", "table"))
-    return 0
+    if progress:
+        catalog.pm.register(ProgressDisplay(), name="harness-progress")
+    if options.executor == "slurm":
+        slurm = dict(options.slurm)
+        slurm.setdefault("folder", str(store.root / "slurm"))
+        slurm["device"] = overrides.get("device", "auto")  # resolved on the compute node
+        options = dataclasses.replace(options, slurm=tuple(sorted(slurm.items())))
+    observer = None
+    if loggers:
+        from harness.loggers import RunLoggers
+
+        observer = RunLoggers(loggers, Path(extra.get("log_dir") or store.root / "logs"), suite.name)
+        catalog.pm.register(observer, name="harness-loggers")
+    try:
+        report = run_grid(catalog, suite, specs, store, device=device, options=options)
+    finally:
+        if observer is not None:
+            observer.close()
+    return GridRun(catalog, suite, specs, store, report)
+
+
+def _logger_names(extra: dict[str, str]) -> list[str]:
+    """`loggers=tensorboard,mlflow,wandb`, checked (with the extra to install) before anything trains."""
+    from harness.spec import split_values
+
+    if "log_dir" in extra and "loggers" not in extra:
+        raise HarnessError("log_dir= is where loggers write; name them with loggers=tensorboard,mlflow,wandb")
+    if "loggers" not in extra:
+        return []
+    from harness.loggers import check_available
+
+    names = split_values(extra["loggers"])
+    check_available(names)
+    return names
 
 
 def _check_datasets_reachable(catalog: Any, specs: list[Any], store: Any) -> None:
@@ -95,18 +232,28 @@ def _check_datasets_reachable(catalog: Any, specs: list[Any], store: Any) -> Non
 
 
 def exec_options(overrides: dict[str, str]) -> Any:
-    """`jobs`, `executor`, `address`, `timeout`, `retries`: how the grid runs, not what it is."""
+    """`jobs`, `executor`, `address`, `timeout`, `retries`, `compile` and the `slurm_*` keys: how the grid runs, not what it is."""
     from harness.params import Param
     from harness.runner import ExecOptions
 
-    executor = Param("executor", str, "local", choices=("local", "ray")).parse(overrides.get("executor", "local"), where="executor")
+    executor = Param("executor", str, "local", choices=("local", "ray", "slurm")).parse(overrides.get("executor", "local"), where="executor")
     jobs = Param("jobs", int, 1, low=1, high=512).parse(overrides.get("jobs", "1"), where="jobs")
     timeout = Param("timeout", float, 1.0, low=0.001).parse(overrides["timeout"], where="timeout") if "timeout" in overrides else None
     retries = Param("retries", int, 1, low=0, high=100).parse(overrides.get("retries", "1"), where="retries")
     if "address" in overrides and executor != "ray":
         raise HarnessError("address= is the Ray cluster address; it needs executor=ray")
     compile_model = Param("compile", bool, False).parse(overrides.get("compile", "false"), where="compile")
-    return ExecOptions(executor=executor, jobs=jobs, timeout_s=timeout, retries=retries, address=overrides.get("address"), compile_model=compile_model)
+    threads = Param("threads", int, 1, low=1, high=1024).parse(overrides["threads"], where="threads") if "threads" in overrides else None
+    slurm = {}
+    for key, (kind, name) in SLURM_KEYS.items():
+        if key in overrides:
+            if executor != "slurm":
+                raise HarnessError(f"{key}= configures SLURM jobs; it needs executor=slurm")
+            choices = ("slurm", "local", "debug") if key == "slurm_cluster" else None
+            default = "slurm" if choices else kind(1)  # a valid default, so the Param checks values only
+            slurm[name] = Param(key, kind, default, low=1 if kind is not str else None, choices=choices).parse(overrides[key], where=key)
+    return ExecOptions(executor=executor, jobs=jobs, timeout_s=timeout, retries=retries, address=overrides.get("address"), compile_model=compile_model,
+                       threads=threads, slurm=tuple(sorted(slurm.items())))
 
 
 def _formats() -> tuple[str, ...]:
@@ -117,13 +264,25 @@ def _formats() -> tuple[str, ...]:
 
 def _print_leaderboard(
     store: Any, *, suite: str | None, scale: str | None, variants: set[str] | None, fmt: str, test: str = "t", correction: str = "holm",
-    axes: dict[str, list[str]] | None = None,
+    axes: dict[str, list[str]] | None = None, catalog: Any = None, rows: str = "all",
+    validation: dict[str, str] | None = None, reported: dict[str, list[Any]] | None = None,
 ) -> None:
-    from harness.leaderboard import axes_match, build_boards, render
+    """Print the stored boards. Published numbers and validation metrics come from the installed
+    suites and methods (`catalog`, loaded when not given), or from `validation` and `reported`."""
+    from harness.leaderboard import attach_reported, axes_match, build_boards, render
 
+    if validation is None or reported is None:
+        from harness.reported import collect_reported
+
+        if catalog is None:
+            from harness.catalog import load_catalog
+
+            catalog = load_catalog()
+        validation = {s.name: s.validation_metric for s in catalog.suites if s.validation_metric}
+        reported = collect_reported(catalog)
     con = store.connect(read_only=True)
     try:
-        boards = build_boards(con, suite=suite, scale=scale, test=test, correction=correction)
+        boards = build_boards(con, suite=suite, scale=scale, test=test, correction=correction, rows=rows, validation_metrics=validation)
     finally:
         con.close()
     if variants is not None:
@@ -134,6 +293,7 @@ def _print_leaderboard(
         what = f"suite {suite!r}" if suite else "any suite"
         narrowed = "".join(f" {k}={','.join(v)}" for k, v in (axes or {}).items())
         raise HarnessError(f"no stored runs for {what}" + (f" at scale={scale}" if scale else "") + (f" with{narrowed}" if narrowed else "") + f" in {store.root}; run `harness run suite={suite or 'NAME'}{narrowed}` first")
+    attach_reported(boards, reported)
     print(render(boards, fmt))
 
 
@@ -171,18 +331,20 @@ def _choice(overrides: dict[str, str], key: str, default: str, choices: tuple[st
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import BOARD_TESTS, ROWS
     from harness.spec import parse_overrides
-    from harness.stats import CORRECTIONS, TESTS
+    from harness.stats import CORRECTIONS
     from harness.store import ResultStore
 
     if args.overrides[:1] == ["aggregate"]:
         return cmd_leaderboard_aggregate(args.overrides[1:])
     overrides = parse_overrides(args.overrides)
-    known = {"suite", "scale", "variant", "format", "results", "test", "correction"}
+    known = {"suite", "scale", "variant", "format", "results", "test", "correction", "rows"}
     fmt = overrides.get("format", "table")
     if fmt not in _formats():
         raise HarnessError(f"bad value {fmt!r} for format: expected one of {', '.join(_formats())}")
-    test, correction = _choice(overrides, "test", "t", TESTS), _choice(overrides, "correction", "holm", CORRECTIONS)
+    test, correction = _choice(overrides, "test", "t", BOARD_TESTS), _choice(overrides, "correction", "holm", CORRECTIONS)
+    rows = _choice(overrides, "rows", "all", ROWS)
     store = ResultStore(_results_dir(overrides))  # a missing or unreadable database is built from the result files
     axes = _axis_filters(store, overrides, known)
     con = store.connect(read_only=True)
@@ -196,7 +358,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
         raise UnknownNameError("suite with stored results", suite, suites)
     variant = overrides.get("variant")
-    _print_leaderboard(store, suite=suite, scale=overrides.get("scale"), variants={variant} if variant else None, fmt=fmt, test=test, correction=correction, axes=axes)
+    _print_leaderboard(store, suite=suite, scale=overrides.get("scale"), variants={variant} if variant else None, fmt=fmt, test=test, correction=correction, axes=axes, rows=rows)
     return 0
 
 
@@ -269,7 +431,9 @@ def _catalog_rows(catalog: Any, section: str, pattern: str | None) -> list[dict[
         ]
     if section == "methods":
         return [
-            {"method": m.name, "kind": m.kind, "version": m.version, "summary": m.summary, "paper": m.paper, "url": m.url,
+            {"method": m.name, "kind": m.kind, "version": m.version,
+             "summary": m.summary + ("" if m.default_grid else f" [not in default grids: {m.default_grid_note or 'run it with method='}]"),
+             "paper": m.paper, "url": m.url,
              "hyper-parameters": [p.as_dict() for p in m.params], "plugin": f"{m.plugin} {m.plugin_version}"}
             for m in catalog.methods
             if not pattern or fnmatch.fnmatchcase(m.name, pattern)
@@ -316,7 +480,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for section, rows in tables.items():
         def cell(key: str, value: Any) -> str:
             if key in ("hyper-parameters", "axes"):
-                value = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in value) or "-"
+                value = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" + (f" (tune {p['search']})" if p.get("search") else "") for p in value) or "-"
             elif isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"
             elif isinstance(value, bool):
@@ -394,6 +558,90 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    """`harness push DEST`: the results folder's runs (and tables, and a dataset card) to any fsspec
+    location; `artifacts=ID,...|all` sends trained-once models instead."""
+    from harness.runner import default_cache_dir
+    from harness.sharing import push, push_artifacts
+    from harness.spec import parse_overrides, split_values
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"results", "artifacts", "cache"}, "push")
+    if "artifacts" in overrides:
+        report = push_artifacts(Path(overrides.get("cache") or default_cache_dir()), args.location, split_values(overrides["artifacts"]))
+        return _artifact_summary(report, "pushed", args.location)
+    result = push(_results_dir(overrides), args.location)
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    sent = f"{result.pushed} run(s) pushed ({result.with_predictions} with per-sample predictions)" if result.pushed else "nothing new to push"
+    print(f"{sent}; {result.already} already there; {result.total} run(s) at {args.location}" + (f" ({len(result.files)} file(s) written)" if result.files else ""))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """`harness pull SRC`: merge the results at an fsspec location into the results folder, checked as
+    `harness collect` checks; `artifacts=ID,...|all` fetches trained-once models into the cache."""
+    from harness.runner import default_cache_dir
+    from harness.sharing import pull, pull_artifacts
+    from harness.spec import parse_overrides, split_values
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"results", "artifacts", "cache"}, "pull")
+    if "artifacts" in overrides:
+        report = pull_artifacts(args.location, Path(overrides.get("cache") or default_cache_dir()), split_values(overrides["artifacts"]))
+        return _artifact_summary(report, "pulled and verified", args.location)
+    catalog = _load_catalog()  # the installed suite cards decide primary metrics and baselines
+    report = pull(args.location, _results_dir(overrides), suites=list(catalog.suites))
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{report.ingested} run(s) ingested into {_results_dir(overrides) / 'harness.duckdb'} ({report.copied} result file(s) stored, {len(report.problems)} refused)")
+    return 0
+
+
+def _artifact_summary(report: Any, verb: str, where: str) -> int:
+    for problem in report.refused:
+        print(f"refused: {problem}", file=sys.stderr)
+    print(f"{len(report.done)} artifact(s) {verb} ({', '.join(report.done) or '-'}); {len(report.present)} already there; {len(report.refused)} refused ({where})")
+    return 2 if report.refused else 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """`harness rescore`: recompute from stored per-sample predictions the metrics they can give
+    (accuracy, ECE, NLL, Brier), beside the stored values; exit 1 if a recomputed one differs."""
+    from tabulate import tabulate
+
+    from harness.predictions import TOLERANCE, rescore
+    from harness.spec import parse_overrides
+    from harness.store import ResultStore
+
+    overrides = parse_overrides(args.overrides)
+    _only(overrides, {"results", "suite", "format"}, "rescore")
+    fmt = _choice(overrides, "format", "table", ("table", "markdown", "json"))
+    store = ResultStore(_results_dir(overrides))
+    store.sync()  # a database from before predictions were stored gains them from the files
+    con = store.connect(read_only=True)
+    try:
+        rows = rescore(con, suite=overrides.get("suite"))
+    finally:
+        con.close()
+    if not rows:
+        raise HarnessError(f"no stored per-sample predictions in {store.root}" + (f" for suite {overrides['suite']!r}" if "suite" in overrides else "")
+                           + "; runs of the suites that store them (long_tail, noisy_labels) write predictions.parquet beside result.json")
+    differ = [r for r in rows if r.diff is not None and abs(r.diff) > TOLERANCE]
+    if fmt == "json":
+        print(json.dumps([{**r.__dict__, "diff": r.diff} for r in rows], indent=1))
+    else:
+        table = [[r.run_id, r.suite, r.entry, r.seed, r.split, r.score, r.metric or "-", "-" if r.stored is None else f"{r.stored:.6f}", f"{r.rescored:.6f}",
+                  "-" if r.diff is None else f"{r.diff:+.2e}" + (" ≠" if abs(r.diff) > TOLERANCE else "")] for r in rows]
+        print(tabulate(table, headers=["run", "suite", "entry", "seed", "split", "score", "metric", "stored", "rescored", "Δ"], tablefmt="github" if fmt == "markdown" else "simple", disable_numparse=True))
+    checked = sum(r.diff is not None for r in rows)
+    print(f"\n{len({r.run_id for r in rows})} run(s) rescored from stored predictions; {checked} stored metric(s) recomputed, "
+          f"{len(differ)} differ by more than {TOLERANCE:g}", file=sys.stderr)
+    return 1 if differ else 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from harness.site import publish
     from harness.spec import parse_overrides
@@ -449,18 +697,18 @@ REPRODUCE_KEYS = {"results", "device", "seeds", "shrink", "jobs", "executor", "a
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """`harness reproduce SUITE`: train the suite's headline settings at scale=paper and set the
-    stored results beside the papers' numbers (harness/reproduce.py holds the settings)."""
+    stored results beside the papers' numbers (the suites and methods declare them: Suite.reported)."""
     from harness.params import Param
-    from harness.reproduce import headlines_of, render, reproduce
+    from harness.reproduce import headlines, render, reproduce
     from harness.spec import parse_overrides
 
     overrides = parse_overrides(args.overrides)
     _only(overrides, REPRODUCE_KEYS, "reproduce")
-    headlines_of(args.suite)  # an unknown suite fails before plugins load
     seeds = Param("seeds", int, 3, low=1, high=1000).parse(overrides.get("seeds", "3"), where="seeds")
     shrink = Param("shrink", bool, False).parse(overrides.get("shrink", "false"), where="shrink")
     options = exec_options(overrides)
     catalog = _load_catalog()
+    headlines(catalog, args.suite)  # a suite without published numbers fails before anything trains
     from harness.engine import resolve_device
     from harness.progress import ProgressDisplay
     from harness.store import ResultStore
@@ -492,14 +740,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("run", help="train a grid of runs and print the leaderboard", description="Train the grid given by key=value overrides (a comma sweeps a key). " + "Keys: suite, method, seed|seeds, scale, dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs, results, device, format, the suite's axes (e.g. ratio), METHOD.PARAM; execution (not part of a run's identity): jobs, executor=local|ray, address, timeout, retries, compile.")
+    p = sub.add_parser("run", help="train a grid of runs and print the leaderboard", description="Train the grid given by key=value overrides (a comma sweeps a key). " + "Keys: suite, method, seed|seeds, scale, dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs, results, device, format, the suite's axes (e.g. ratio), METHOD.PARAM, tune=N (also run N configurations drawn from each method's search distributions; the leaderboard picks one per entry on the validation split); execution (not part of a run's identity): jobs, executor=local|ray|slurm, address, timeout, retries, compile, threads (torch threads per run; default: the CPUs free for each of the jobs), loggers=tensorboard,mlflow,wandb, log_dir, slurm_partition, slurm_time (minutes), slurm_gpus_per_node, slurm_cpus_per_task, slurm_mem_gb, slurm_account, slurm_qos, slurm_constraint, slurm_array_parallelism, slurm_folder, slurm_cluster=slurm|local.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
         "leaderboard", help="print leaderboards from stored results (no training)",
         description="Keys: suite, scale, variant, the stored suites' own axes (e.g. setting=episodic, ratio=10,100), "
-        "format=table|markdown|csv|json (json writes null for a value that is not finite), results, test=t|wilcoxon (paired test vs the baseline; "
-        "wilcoxon needs >= 6 matched seeds), correction=holm|bh|none (of the board's p-values; default holm). "
+        "format=table|markdown|csv|json (json writes null for a value that is not finite), results, test=t|wilcoxon|mcnemar (paired test vs the baseline; "
+        "wilcoxon needs >= 6 matched seeds; mcnemar uses the stored per-sample test predictions), correction=holm|bh|none (of the board's p-values; default holm), "
+        "rows=all|tuned (tuned: of an entry run at several configurations, e.g. with tune=N, only its default row and its tuned row — "
+        "the configuration with the best validation metric). "
         "`harness leaderboard aggregate [results=DIR] [format=table|markdown|json] [suite=..] [scale=..]` ranks methods across "
         "every board: average rank, Friedman test and Nemenyi CD, IQM of normalised scores with stratified bootstrap intervals, "
         "probability of improvement over the baseline, performance profiles.",
@@ -528,6 +778,32 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="merge result folders or databases into one database (de-duplicated by run id)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="result folders (holding runs/), result.json files or harness .duckdb files (read as data: no view or macro in them is run); results=DIR names the target")
     p.set_defaults(func=cmd_collect)
+    p = sub.add_parser(
+        "push", help="send results (or trained-once artifacts) to any fsspec location, e.g. hf://datasets/ORG/REPO",
+        description="harness push DEST [results=DIR]: the runs DEST lacks, as record files, plus the tables as Parquet and a dataset card "
+        "(README.md). DEST: hf://datasets/ORG/REPO (the Hugging Face hub: log in first), memory://NAME, s3://BUCKET/PATH (with s3fs) or a "
+        "local folder. artifacts=ID,ID|all [cache=DIR]: send trained-once models (safetensors + card with their key and SHA-256) instead.",
+    )
+    p.add_argument("location", metavar="DEST")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_push)
+    p = sub.add_parser(
+        "pull", help="merge results (or fetch artifacts) from an fsspec location, checked as collect checks them",
+        description="harness pull SRC [results=DIR]: every record at SRC (from `harness push`, or a results folder stored there) is checked "
+        "(schema, run id, predictions against their digest) and merged like `harness collect`, de-duplicated by run id; a bad one is refused "
+        "with its address and the reason. artifacts=ID,ID|all [cache=DIR]: fetch trained-once models, each verified against its id and "
+        "its weights' SHA-256 before it is stored.",
+    )
+    p.add_argument("location", metavar="SRC")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_pull)
+    p = sub.add_parser(
+        "rescore", help="recompute metrics from stored per-sample predictions (no training)",
+        description="Keys: results=DIR, suite=NAME, format=table|markdown|json. Recomputes accuracy, ECE, NLL and the Brier score of every "
+        "run that stored its predictions, beside the stored metric each recomputes; exits 1 if one differs by more than 1e-5.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_rescore)
     p = sub.add_parser("publish", help="write a self-contained static leaderboard site", description="Keys: out=DIR (default site), results=DIR. Open DIR/index.html from disk or any static host; no network needed.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_publish)
@@ -544,7 +820,7 @@ def make_parser() -> argparse.ArgumentParser:
         "not comparable), and the execution keys of `harness run` (jobs, executor, address, timeout, retries, compile). "
         "Needs the paper's data (the Hugging Face hub once, then the cache) and, in practice, a GPU.",
     )
-    p.add_argument("suite", help="a suite with headline settings in harness/reproduce.py (long_tail, ood)")
+    p.add_argument("suite", help="a suite that declares published numbers at scale=paper (Suite.reported; e.g. long_tail, ood)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_reproduce)
     return parser

@@ -25,14 +25,26 @@ import json
 import math
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.records import RUN_ID, CorruptResult, derived_names, read_result, reject_json_constant, validate_record
-from harness.store import ResultStore, SyncReport
+from harness.predictions import FILE_NAME as PREDICTIONS_FILE
+from harness.predictions import MAX_BYTES as MAX_PREDICTIONS_BYTES
+from harness.predictions import BadPredictions
+from harness.predictions import decode as decode_predictions
+from harness.records import (
+    RUN_ID,
+    CorruptResult,
+    derived_names,
+    read_regular_file,
+    read_result,
+    reject_json_constant,
+    validate_record,
+)
+from harness.store import BATCH, ResultStore, SyncReport
 
 # what is read from a harness database: stored columns of base tables, nothing else
 DB_COLUMNS = {
@@ -43,6 +55,7 @@ DB_COLUMNS = {
 }
 OPTIONAL_DB_COLUMNS = {("runs", "baseline")}  # databases made before runs recorded their baseline
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+MAX_PENDING_BYTES = 64 * 2**20  # predictions held for one batch of copies at most: memory stays bounded
 
 
 @dataclass
@@ -88,14 +101,49 @@ def _expected_id(path: Path) -> str | None:
     return path.parent.name if RUN_ID.fullmatch(path.parent.name) else None
 
 
-def _from_files(files: Iterable[Path], skipped: SyncReport) -> list[tuple[str, dict[str, Any]]]:
-    out = []
+@dataclass
+class Candidate:
+    """A checked record from a source, with the bytes of its checked predictions file (if any)."""
+
+    where: str
+    record: dict[str, Any]
+    predictions: bytes | None = None
+
+
+def checked_predictions(data: bytes, record: dict[str, Any]) -> bytes:
+    """`data` if it is a valid predictions file of `record` (harness.predictions.decode); else BadPredictions."""
+    decode_predictions(data, record["predictions"])
+    return data
+
+
+def without_predictions(record: dict[str, Any], notes: _Notes, why: str) -> dict[str, Any]:
+    record = {k: v for k, v in record.items() if k != "predictions"}
+    notes.add(f"stored without its per-sample predictions ({why})", f"run {record['run_id']}")
+    return record
+
+
+def _from_files(files: Iterable[Path], skipped: SyncReport, notes: _Notes) -> Iterator[Candidate]:
+    """Records of result files, one at a time; a record naming predictions brings the checked file
+    beside it, and a predictions file that does not match its record refuses the run (a missing
+    one only drops them)."""
     for file in files:
         try:
-            out.append((str(file), read_result(file, expected_id=_expected_id(file))))
+            record = read_result(file, expected_id=_expected_id(file))
         except CorruptResult as exc:
             skipped.skip_file(file, str(exc))
-    return out
+            continue
+        data = None
+        if record.get("predictions") is not None:
+            beside = file.parent / PREDICTIONS_FILE
+            if not os.path.lexists(beside):
+                record = without_predictions(record, notes, f"no {PREDICTIONS_FILE} beside its result file")
+            else:
+                try:
+                    data = checked_predictions(read_regular_file(beside, MAX_PREDICTIONS_BYTES), record)
+                except (CorruptResult, BadPredictions) as exc:
+                    skipped.skip(f"predictions file {beside}", f"{exc}; its run {record['run_id']} is not collected", key=str(beside.resolve()))
+                    continue
+        yield Candidate(str(file), record, data)
 
 
 def _open_foreign_database(path: Path) -> Any:
@@ -145,10 +193,12 @@ def _stored_columns(con: Any, path: Path) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _select(con: Any, table: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    # plain quoted column names only: no function of ours is evaluated inside the source database
+def _select(con: Any, table: str, columns: tuple[str, ...], *, of_wanted: bool = False) -> Any:
+    """A cursor over the columns of a table of the source (rows of the runs in `wanted`, if asked).
+    Plain quoted column names only: no function of ours is evaluated inside the source database."""
     names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-    return [dict(zip(columns, row)) for row in con.execute(f'SELECT {names} FROM source.main."{table}"').fetchall()]
+    where = ' WHERE "run_id" IN (SELECT run_id FROM wanted)' if of_wanted else ""
+    return con.execute(f'SELECT {names} FROM source.main."{table}"{where}')
 
 
 def _json_text(value: Any, what: str) -> Any:
@@ -171,24 +221,57 @@ def _number(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _records_from_db(path: Path, skipped: SyncReport) -> list[tuple[str, dict[str, Any]]]:
-    """Result records rebuilt from a harness database's rows, each validated like a result file."""
+def _check_database(path: Path) -> None:
+    """Refuse a database that is not a harness results database before anything is copied."""
+    con = _open_foreign_database(path)
+    try:
+        _stored_columns(con, path)
+    finally:
+        con.close()
+
+
+def _records_from_db(path: Path, skipped: SyncReport, *, batch: int = BATCH) -> Iterator[Candidate]:
+    """Result records rebuilt from a harness database's rows, each validated like a result file;
+    read `batch` runs at a time (with their metrics and series), so memory stays bounded."""
     import duckdb
 
     con = _open_foreign_database(path)
     try:
         columns = _stored_columns(con, path)
-        runs, metrics, series = (_select(con, table, columns[table]) for table in ("runs", "metrics", "series"))
+        text_keys = _text_keyed(con)
+        con.execute("CREATE TEMPORARY TABLE wanted (run_id VARCHAR)")
+        runs = con.cursor()
+        _select(runs, "runs", columns["runs"])
+        while True:
+            rows = [dict(zip(columns["runs"], row)) for row in runs.fetchmany(batch)]
+            if not rows:
+                break
+            ids = [row["run_id"] for row in rows if isinstance(row["run_id"], str)]
+            parts: dict[str, dict[str, list[dict[str, Any]]]] = {rid: {"metrics": [], "series": []} for rid in ids}
+            con.execute("DELETE FROM wanted")
+            con.executemany("INSERT INTO wanted VALUES (?)", [[rid] for rid in ids])
+            for table in ("metrics", "series"):
+                if table in text_keys:  # rows of another key type belong to no run
+                    for values in _select(con, table, columns[table], of_wanted=True).fetchall():
+                        row = dict(zip(columns[table], values))
+                        parts[row["run_id"]][table].append(row)
+            yield from _candidates_of_rows(path, rows, parts, skipped)
     except duckdb.Error as exc:
         raise HarnessError(f"{path} is a DuckDB file but not a readable harness results database: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
-    by_run: dict[Any, dict[str, list[dict[str, Any]]]] = {}
-    for table, rows in (("metrics", metrics), ("series", series)):
-        for row in rows:
-            if isinstance(row["run_id"], str):  # rows of another key type belong to no run
-                by_run.setdefault(row["run_id"], {"metrics": [], "series": []})[table].append(row)
-    out = []
+
+
+def _text_keyed(con: Any) -> set[str]:
+    """The tables of the source whose run_id column is text (rows keyed otherwise belong to no run)."""
+    return {
+        table for (table,) in con.execute(
+            "SELECT table_name FROM duckdb_columns() WHERE database_name = 'source' AND schema_name = 'main' AND column_name = 'run_id' AND data_type = 'VARCHAR'"
+        ).fetchall()
+    }
+
+
+def _candidates_of_rows(path: Path, runs: list[dict[str, Any]], by_run: dict[str, dict[str, list[dict[str, Any]]]], skipped: SyncReport) -> Iterator[Candidate]:
     for row in runs:
         rid = row["run_id"]
         where = f"corrupt record {rid!r} in {path}"
@@ -214,10 +297,11 @@ def _records_from_db(path: Path, skipped: SyncReport) -> list[tuple[str, dict[st
                 record["series"].setdefault(s["name"], []).append(_number(s["value"]))
             if row.get("baseline") is not None:
                 record["baseline"] = row["baseline"]
-            out.append((where, validate_record(record)))
+            candidate = Candidate(where, validate_record(record))
         except (CorruptResult, TypeError, ValueError) as exc:  # a column of an unexpected type included
             skipped.skip(where, str(exc))
-    return out
+            continue
+        yield candidate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +347,9 @@ def _normalise(record: dict[str, Any], cards: dict[tuple[str, str], Any], instal
         )
     record.update(primary_metric=card.primary, primary_higher_is_better=primary_hib, baseline=card.baseline)
     directions = {m.name: m.higher_is_better for m in card.metrics}
+    order = {m.name: i for i, m in enumerate(card.metrics)}  # a result file keeps them sorted by name; show them in the card's order
     metrics = {}
-    for name, m in record["metrics"].items():
+    for name, m in sorted(record["metrics"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         if name in directions and m["higher_is_better"] != directions[name]:
             notes.add(f"a metric's direction differs from suite {suite} v{version}'s card; stored as the card's", f"run {rid}: {name}")
         metrics[name] = {**m, "higher_is_better": directions.get(name, m["higher_is_better"])}
@@ -277,11 +362,8 @@ def _normalise(record: dict[str, Any], cards: dict[tuple[str, str], Any], instal
 # ---------------------------------------------------------------------------------------------
 
 
-def collect(paths: list[Path], target: Path, *, suites: Iterable[Any] | None = None) -> CollectReport:
-    """Copy the valid records of `paths` into the results folder `target` and sync its database.
-
-    `suites`: the installed suites whose cards decide primary metrics and baselines (default:
-    the installed catalog's)."""
+def installed_cards(suites: Iterable[Any] | None) -> tuple[dict[tuple[str, str], Any], dict[str, list[str]]]:
+    """The suite cards that decide primary metrics and baselines (default: the installed catalog's)."""
     if suites is None:
         from harness.catalog import load_catalog
 
@@ -290,31 +372,77 @@ def collect(paths: list[Path], target: Path, *, suites: Iterable[Any] | None = N
     installed: dict[str, list[str]] = {}
     for s in suites:
         installed.setdefault(s.name, []).append(str(s.version))
-    kinds = [(Path(p), _kind_of(Path(p))) for p in paths]  # every source is checked before anything is copied
-    report = CollectReport()
-    notes = _Notes()
+    return cards, installed
+
+
+def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any] | None, report: CollectReport, notes: _Notes | None = None) -> CollectReport:
+    """Store checked candidates in the results folder `target` (each record's row from its spec and
+    the installed card; de-duplicated by run id: what is held stays unless the newcomer succeeded
+    where it did not), then sync its database. `harness collect` and `harness pull` both end here.
+
+    Candidates are taken one at a time and stored a batch at a time (written with one flush of
+    the file system, ingested from the records just written without reading them back), so
+    memory stays bounded however many there are."""
+    cards, installed = installed_cards(suites)
+    notes = notes or _Notes()
     store = ResultStore(target)
-    existing, _ = store.scan()  # the target's own corrupt files are reported by the sync below
-    for path, kind in kinds:
-        if kind == "folder":
-            files = sorted(set(path.glob("runs/*/result.json")) | set(path.glob("*/result.json")))
-            if not files:
-                report.skipped.skip(f"folder {path}", f"it holds no result files (expected {path}/runs/<run_id>/result.json)")
-            candidates = _from_files(files, report.skipped)
-        elif kind == "file":
-            candidates = _from_files([path], report.skipped)
-        else:
-            candidates = _records_from_db(path, report.skipped)
-        for _where, record in candidates:
-            record = _normalise(record, cards, installed, notes)
-            held = existing.get(record["run_id"])
-            if held is not None and (held["status"] == "ok" or record["status"] != "ok"):
-                continue  # de-duplicate: keep what we have unless the newcomer succeeded where ours did not
-            store.write(record)
-            existing[record["run_id"]] = record
-            report.copied += 1
-    sync = store.sync()
-    report.ingested = sync.ingested
+    existing = store.statuses()  # the target's own corrupt files are reported by the sync below
+    pending: list[tuple[dict[str, Any], bytes | None]] = []
+    pending_bytes = 0
+
+    def store_pending() -> None:
+        nonlocal pending_bytes
+        if pending:
+            store.write_many(pending)
+            sync = store.sync(store.written_records())
+            report.ingested += sync.ingested
+            report.skipped.merge(sync)
+            pending.clear()
+            pending_bytes = 0
+
+    for candidate in candidates:
+        record = _normalise(candidate.record, cards, installed, notes)
+        held = existing.get(record["run_id"])
+        if held is not None and (held == "ok" or record["status"] != "ok"):
+            continue  # de-duplicate: keep what we have unless the newcomer succeeded where ours did not
+        pending.append((record, candidate.predictions))
+        pending_bytes += len(candidate.predictions or b"")
+        existing[record["run_id"]] = record["status"]
+        report.copied += 1
+        if len(pending) >= BATCH or pending_bytes >= MAX_PENDING_BYTES:
+            store_pending()
+    store_pending()
+    sync = store.sync()  # the target's files not written here (new, changed or corrupt) reach the database
+    report.ingested += sync.ingested
     report.skipped.merge(sync)
     report.notes = notes.lines()
     return report
+
+
+def collect(paths: list[Path], target: Path, *, suites: Iterable[Any] | None = None) -> CollectReport:
+    """Copy the valid records of `paths` into the results folder `target` and sync its database.
+
+    `suites`: the installed suites whose cards decide primary metrics and baselines (default:
+    the installed catalog's). Every source is checked before anything is copied (what it is, and
+    for a database that it is a harness one); records are then read, copied and ingested in
+    batches."""
+    kinds = [(Path(p), _kind_of(Path(p))) for p in paths]
+    for path, kind in kinds:
+        if kind == "database":
+            _check_database(path)
+    report = CollectReport()
+    notes = _Notes()
+
+    def candidates() -> Iterator[Candidate]:
+        for path, kind in kinds:
+            if kind == "folder":
+                files = sorted(set(path.glob("runs/*/result.json")) | set(path.glob("*/result.json")))
+                if not files:
+                    report.skipped.skip(f"folder {path}", f"it holds no result files (expected {path}/runs/<run_id>/result.json)")
+                yield from _from_files(files, report.skipped, notes)
+            elif kind == "file":
+                yield from _from_files([path], report.skipped, notes)
+            else:
+                yield from _records_from_db(path, report.skipped)
+
+    return merge(candidates(), target, suites=suites, report=report, notes=notes)

@@ -601,8 +601,10 @@ def load_cifar_c(root: str | Path, corruption: str, severity: int, *, benchmark:
         raise HarnessError(f"{benchmark}: {labels_path} holds {labels.dtype} {tuple(labels.shape)}; expected {images.shape[0]} integer labels, one per image of {path.name}")
     n = images.shape[0] // 5
     part = slice((severity - 1) * n, severity * n)
-    x = torch.from_numpy(np.ascontiguousarray(images[part].transpose(0, 3, 1, 2)))
-    y = torch.from_numpy(np.asarray(labels[part], dtype=np.int64))
+    # np.array copies: a view of the read-only memory map (a one-channel file, int64 labels) would
+    # give a tensor that must not be written to
+    x = torch.from_numpy(np.array(images[part].transpose(0, 3, 1, 2), order="C"))
+    y = torch.from_numpy(np.array(labels[part], dtype=np.int64))
     return x, y
 
 

@@ -9,6 +9,9 @@ only the coordinator writes result files and the database.
   SIGKILL) is replaced and its run tried again, up to `retries` times, then stored as `failed`.
   Workers die with their coordinator, even when it is killed with SIGKILL.
 - `Ray`: one Ray task per run on a Ray cluster (`address=auto`, `ray://...`, or a local cluster).
+- `Slurm`: one SLURM job per run, submitted as a job array through submitit (`executor=slurm`,
+  `slurm_partition=...`); `slurm_cluster=local` runs the same jobs as local processes (tests,
+  a machine without SLURM).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from harness.suite import Suite
 
 
 def make_executor(options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path) -> Any:
+    if options.executor == "slurm":
+        return SlurmExecutor(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
     if options.executor == "ray":
         return RayExecutor(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
     if options.jobs == 1 and options.timeout_s is None:
-        return InProcess(catalog=catalog, suite=suite, device=device, cache_dir=cache_dir, compile_model=options.compile_model)
+        return InProcess(catalog=catalog, suite=suite, device=device, cache_dir=cache_dir, compile_model=options.compile_model, threads=options.threads)
     # a time limit needs a process that can be killed from outside, even for jobs=1
     return LocalPool(options, catalog=catalog, suite=suite, device=device, cache_dir=cache_dir)
 
@@ -50,15 +55,19 @@ class _SinkHook:
 
 
 class InProcess:
-    def __init__(self, *, catalog: Any, suite: Suite, device: str, cache_dir: Path, compile_model: bool = False):
+    def __init__(self, *, catalog: Any, suite: Suite, device: str, cache_dir: Path, compile_model: bool = False, threads: int | None = None):
         self.catalog, self.suite, self.device, self.cache_dir, self.compile_model = catalog, suite, device, cache_dir, compile_model
+        self.threads = threads
 
     def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        from harness.cpu import apply_thread_budget
+
         memo: dict[str, Any] = {}
         hook = _SinkHook(sink.progress)
         for spec in specs:
             if not sink.claim(spec):
                 continue
+            apply_thread_budget(jobs=1, requested=self.threads)  # neighbours come and go: sized per run
             sink.started(spec)
             record = execute(spec, self.suite, self.catalog, cache_dir=self.cache_dir, device=self.device, hook=hook, data_memo=memo, compile_model=self.compile_model)
             sink.finished(spec, record)
@@ -105,15 +114,15 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str, cache_dir: str, compile_model: bool = False, parent_pid: int | None = None) -> None:
+def _pool_worker(index: int, tasks: Any, events: Any, threads: int | None, device: str, cache_dir: str, compile_model: bool = False,
+                 parent_pid: int | None = None, jobs: int = 1) -> None:
     """A worker process: load the catalog once, then train the specs it is sent. It reports
-    "started" when a run begins (the time limit counts from then), then "done" with its record."""
+    "started" when a run begins (the time limit counts from then), then "done" with its record.
+    `threads` (None: sized per run from the CPUs free for the grid's `jobs` workers)."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    import torch
-
-    torch.set_num_threads(threads)
     from harness.catalog import load_catalog
+    from harness.cpu import apply_thread_budget
     from harness.errors import HarnessError as UserError
 
     catalog = load_catalog()
@@ -124,6 +133,7 @@ def _pool_worker(index: int, tasks: Any, events: Any, threads: int, device: str,
         if item is None:
             return
         spec = RunSpec.from_canonical(item)
+        apply_thread_budget(jobs=jobs, requested=threads)
         hook = _SinkHook(lambda s, e, n, loss: events.put(("progress", index, s.run_id, e, n, loss)))
         events.put(("started", index, spec.run_id))
         try:
@@ -144,11 +154,11 @@ class LocalPool:
         self.options, self.catalog, self.suite, self.device, self.cache_dir = options, catalog, suite, device, cache_dir
         self.ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self.events = self.ctx.Queue()
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, options.jobs))
+        self.threads = options.threads  # None: each worker sizes its threads per run
 
     def _start(self, index: int) -> dict[str, Any]:
         tasks = self.ctx.Queue()
-        args = (index, tasks, self.events, self.threads, self.device, str(self.cache_dir), self.options.compile_model, os.getpid())
+        args = (index, tasks, self.events, self.threads, self.device, str(self.cache_dir), self.options.compile_model, os.getpid(), self.options.jobs)
         proc = self.ctx.Process(target=self.worker, args=args, daemon=True)
         proc.start()
         # since: when the run started in the worker (None until it says so; start-up is not timed)
@@ -306,3 +316,122 @@ class RayExecutor:
                         running.pop(ref)
                         error = f"the run exceeded its time limit of {self.options.timeout_s:g} s and was stopped"
                         sink.finished(spec, make_record(spec, self.suite, self.catalog, status="timeout", error=error, started=_now(), duration_s=time.monotonic() - since, device=self.device))
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM (submitit)
+# ---------------------------------------------------------------------------------------------
+
+SLURM_DEFAULT_TIME_MIN = 24 * 60  # submitit's own default (5 min) would end most runs; a grid's time limit overrides it
+SLURM_POLL_S = 2.0
+
+
+def _slurm_execute(spec_json: dict[str, Any], cache_dir: str, requested_device: str, compile_model: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """The body of one SLURM job: the device is resolved on the compute node (a login node without a
+    GPU must not decide it), the catalog loaded in the job."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from harness.catalog import load_catalog
+    from harness.engine import resolve_device
+
+    catalog = load_catalog()
+    spec = RunSpec.from_canonical(spec_json)
+    suite = catalog.suites.get(spec.suite)
+    return execute(spec, suite, catalog, cache_dir=Path(cache_dir), device=resolve_device(requested_device), hook=_SinkHook(lambda *a: None),
+                   data_memo={}, compile_model=compile_model)
+
+
+def check_slurm(params: dict[str, Any]) -> None:
+    """Fail before anything trains when SLURM jobs cannot be submitted from here."""
+    try:
+        import submitit
+    except ImportError:
+        raise HarnessError("executor=slurm needs submitit, which is not installed: pip install 'harness-bench[slurm]' (or pip install submitit)") from None
+    if params.get("cluster", "slurm") == "slurm" and submitit.SlurmExecutor.affinity() < 0:
+        raise HarnessError("executor=slurm found no SLURM here (no srun/sbatch on the PATH); run on a SLURM login node, or slurm_cluster=local to run the jobs as local processes")
+
+
+class SlurmExecutor:
+    """One SLURM job per run, submitted in one job array (submitit); the coordinator polls the jobs
+    and stores each record as it arrives. A job that ended without a result (node failure,
+    preemption) is submitted again up to `retries` times; one stopped at its time limit is stored
+    as `timeout`. No per-epoch progress comes back from the jobs.
+
+    submitit keeps each job's submission, log and result in `slurm_folder` (pickles that the jobs
+    and this coordinator write and read): keep that folder private to you."""
+
+    def __init__(self, options: ExecOptions, *, catalog: Any, suite: Suite, device: str, cache_dir: Path):
+        self.options, self.catalog, self.suite, self.device, self.cache_dir = options, catalog, suite, device, cache_dir
+        self.params = dict(options.slurm)
+
+    def _executor(self) -> Any:
+        try:
+            import submitit
+        except ImportError:
+            raise HarnessError("executor=slurm needs submitit, which is not installed: pip install 'harness-bench[slurm]' (or pip install submitit)") from None
+        folder = Path(self.params.get("folder") or "harness-slurm")
+        cluster = self.params.get("cluster", "slurm")  # never a silent fallback to local processes: that is slurm_cluster=local
+        try:
+            executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        except Exception as exc:  # e.g. cluster=slurm on a machine without sbatch
+            raise HarnessError(f"cannot submit SLURM jobs ({exc}); run on a machine with SLURM (sbatch), or slurm_cluster=local to run the jobs here") from None
+        time_min = self.params.get("time_min")
+        if time_min is None:
+            time_min = SLURM_DEFAULT_TIME_MIN if self.options.timeout_s is None else max(1, -(-int(self.options.timeout_s) // 60))
+        settings: dict[str, Any] = {"name": "harness", "timeout_min": int(time_min), "tasks_per_node": 1, "nodes": 1}
+        for key in ("gpus_per_node", "cpus_per_task", "mem_gb"):
+            if self.params.get(key) is not None:
+                settings[key] = self.params[key]
+        for key in ("partition", "account", "qos", "constraint", "array_parallelism"):
+            if self.params.get(key) is not None:
+                settings[f"slurm_{key}"] = self.params[key]
+        executor.update_parameters(**settings)
+        return executor
+
+    def _submit(self, executor: Any, specs: list[RunSpec]) -> list[Any]:
+        requested = self.params.get("device") or self.device
+        threads = self.params.get("cpus_per_task")
+        with executor.batch():
+            jobs = [executor.submit(_slurm_execute, s.canonical(), str(self.cache_dir), requested, self.options.compile_model, threads) for s in specs]
+        return jobs
+
+    def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        claimed = [s for s in specs if sink.claim(s)]
+        if not claimed:
+            return
+        executor = self._executor()
+        attempts = {s.run_id: 1 for s in claimed}
+        running = list(zip(self._submit(executor, claimed), claimed))
+        since = {s.run_id: time.monotonic() for s in claimed}
+        for spec in claimed:
+            sink.started(spec)
+        while running:
+            still, again = [], []
+            for job, spec in running:
+                if not job.done():
+                    still.append((job, spec))
+                    continue
+                try:
+                    record = job.result()
+                except Exception as exc:  # the job ended without a record: its process died, or SLURM stopped it
+                    state = str(getattr(job, "state", "") or "")
+                    text = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
+                    if "TIMEOUT" in state.upper() or "timed out" in text.lower():
+                        record = make_record(spec, self.suite, self.catalog, status="timeout", error=f"the SLURM job {job.job_id} reached its time limit ({state}): {text}",
+                                             started=_now(), duration_s=time.monotonic() - since[spec.run_id], device=self.device)
+                    elif attempts[spec.run_id] <= self.options.retries:
+                        attempts[spec.run_id] += 1
+                        again.append(spec)
+                        continue
+                    else:
+                        record = make_record(spec, self.suite, self.catalog, status="failed",
+                                             error=f"the SLURM job {job.job_id} ended without a result (state {state or 'unknown'}); tried {attempts[spec.run_id]} time(s): {text}",
+                                             started=_now(), duration_s=time.monotonic() - since[spec.run_id], device=self.device)
+                sink.finished(spec, record)
+            if again:
+                still += list(zip(self._submit(executor, again), again))
+            running = still
+            if running:
+                time.sleep(SLURM_POLL_S if executor.cluster == "slurm" else 0.2)

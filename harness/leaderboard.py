@@ -23,10 +23,11 @@ from typing import Any
 
 import duckdb
 
-from harness import stats
+from harness import stats, tuning
 
 PROTOCOL_KEYS = ("suite", "suite_version", "scale", "variant", "dataset", "model", "recipe_id")
 FORMATS = ("table", "markdown", "csv", "json")
+ROWS = ("all", "tuned")  # every configuration, or per tuning group only its default and its tuned row
 
 _METRICS_SQL = """
 SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry,
@@ -55,7 +56,15 @@ WHERE r.status = 'ok' AND m.value IS NOT NULL {where}
 GROUP BY ALL
 """
 
-TEST_NAMES = {"t": "paired t-test", "wilcoxon": f"Wilcoxon signed-rank test (needs ≥ {stats.MIN_WILCOXON_PAIRS} pairs)"}
+# the tests a board offers: the seed-level tests of harness.stats, and McNemar's test on stored per-sample predictions
+BOARD_TESTS = (*stats.TESTS, "mcnemar")
+PREDICTION_SPLIT = "test"  # the split whose stored predictions McNemar's test and the seed disagreement use
+TEST_NAMES = {
+    "t": "paired t-test",
+    "wilcoxon": f"Wilcoxon signed-rank test (needs ≥ {stats.MIN_WILCOXON_PAIRS} pairs)",
+    "mcnemar": "exact McNemar test of per-sample correctness on the stored test predictions, discordant samples pooled over "
+    "the matched seeds (treats each seed's samples as independent pairs; entries without stored predictions get none)",
+}
 CORRECTION_NAMES = {
     "holm": "Holm-adjusted over the board's comparisons with the baseline (family-wise error rate)",
     "bh": "Benjamini–Hochberg-adjusted over the board's comparisons with the baseline (false discovery rate)",
@@ -92,6 +101,17 @@ class Entry:
     seeds: dict[int, float] = field(default_factory=dict)  # seed -> primary metric
     baseline_test: stats.PairedTest | None = None  # None for the baseline itself or when there is none
     p_corrected: float | None = None  # baseline_test.p after the board's multiple-comparison correction
+    reported: Any = None  # a published number for this entry at this board's setting (harness.reported.Reported)
+    # share of test samples whose predicted class differs between two seeds, mean over seed pairs (stored predictions)
+    seed_disagreement: float | None = None
+    disagreement_pairs: int = 0  # the seed pairs it averages
+    tuned: tuning.Selection | None = None  # set on a tuned row: the configuration it stands for (harness.tuning)
+
+    @property
+    def diff_vs_reported(self) -> float | None:
+        value = self.reported.headline_value if self.reported is not None else None
+        mean = self.primary_mean
+        return None if value is None or mean is None else mean - value
 
     @property
     def primary_mean(self) -> float | None:
@@ -129,6 +149,15 @@ class Board:
     baseline: str | None = None  # the suite's baseline entry name (None if the suite is not installed)
     test: str = "t"  # the paired test against the baseline (harness.stats.TESTS)
     correction: str = "holm"  # the multiple-comparison correction of its p-values (harness.stats.CORRECTIONS)
+    selections: list[tuning.Selection] = field(default_factory=list)  # its tuning groups' choices (harness.tuning)
+
+    def tuning_text(self, e: Entry) -> str:
+        """The tuning column: what a tuned row chose among, 'default' for its group's default row."""
+        if e.tuned is not None:
+            return tuning.describe(e.tuned, bool(tuning.budgets_note(self.selections)))
+        if any(s.base == e.method for s in self.selections):
+            return "default"
+        return "-"
 
     @property
     def title(self) -> str:
@@ -153,13 +182,18 @@ def installed_baselines() -> dict[str, str]:
 
 def build_boards(
     con: Any, *, suite: str | None = None, scale: str | None = None, variant: str | None = None, baselines: dict[str, str] | None = None,
-    test: str = "t", correction: str = "holm",
+    test: str = "t", correction: str = "holm", rows: str = "all", validation_metrics: dict[str, str] | None = None,
 ) -> list[Board]:
     """Every protocol's leaderboard. `baselines` maps suite -> baseline entry (default: what the
     runs recorded; the installed suites' only for suites whose runs recorded none). `test` and
-    `correction` choose the paired test against the baseline and its multiple-comparison correction."""
-    if test not in stats.TESTS:
-        raise ValueError(f"unknown test {test!r}; expected one of {', '.join(stats.TESTS)}")
+    `correction` choose the paired test against the baseline and its multiple-comparison correction.
+    Entries run at several configurations (`tune=N`, or a sweep) get a tuned row each: the
+    configuration chosen on the validation metric (`validation_metrics`: suite -> metric, default
+    `val_<primary>`; harness.tuning); `rows="tuned"` keeps of such a group only its default and tuned rows."""
+    if rows not in ROWS:
+        raise ValueError(f"unknown rows {rows!r}; expected one of {', '.join(ROWS)}")
+    if test not in BOARD_TESTS:
+        raise ValueError(f"unknown test {test!r}; expected one of {', '.join(BOARD_TESTS)}")
     if correction not in stats.CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; expected one of {', '.join(stats.CORRECTIONS)}")
     if baselines is None:
@@ -179,8 +213,8 @@ def build_boards(
     for row in con.execute(_STATUS_SQL.format(where=where), params).fetchall():
         key, (entry, primary, hib, ok, not_ok, diverged) = tuple(row[:7]), row[7:]
         boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok, diverged=diverged)
-    rows = con.execute(_METRICS_SQL.format(where=where), params).fetchall()
-    for row in sorted(rows, key=lambda r: r[15]):  # the suite's metric order
+    metric_rows = con.execute(_METRICS_SQL.format(where=where), params).fetchall()
+    for row in sorted(metric_rows, key=lambda r: r[15]):  # the suite's metric order
         key, entry, metric, hib, mean, std, n = tuple(row[:7]), row[7], row[10], row[11], row[12], row[13], row[14]
         mean, std = _clean(mean), _clean(std)
         interval = stats.confidence_interval(mean, std, n)
@@ -193,15 +227,126 @@ def build_boards(
         key, entry, seed, value = tuple(row[:7]), row[7], int(row[8]), _clean(row[9])
         if value is not None:
             boards[key][entry].seeds[seed] = value
+    has_predictions = _has_predictions(con)
+    if has_predictions:
+        for row in con.execute(_DISAGREEMENT_SQL.format(where=where), [PREDICTION_SPLIT, *params]).fetchall():
+            key, entry, pairs, share = tuple(row[:7]), row[7], row[8], row[9]
+            if key in boards and entry in boards[key]:
+                boards[key][entry].seed_disagreement, boards[key][entry].disagreement_pairs = _clean(share), int(pairs)
     out = []
     for key in sorted(boards, key=lambda k: tuple(str(x) for x in k)):
-        entries = sorted(boards[key].values(), key=lambda e: e.method)
-        board = Board(dict(zip(PROTOCOL_KEYS, key)), entries, baselines.get(key[0]), test=test, correction=correction)
+        entries, selections = _with_tuned_rows(list(boards[key].values()), (validation_metrics or {}).get(key[0]), rows)
+        entries.sort(key=lambda e: e.method)
+        board = Board(dict(zip(PROTOCOL_KEYS, key)), entries, baselines.get(key[0]), test=test, correction=correction, selections=selections)
         _rank(entries)
-        _compare_with_baseline(board)
+        if test == "mcnemar":
+            _mcnemar_with_baseline(con, board, has_predictions)
+        else:
+            _compare_with_baseline(board)
         entries.sort(key=lambda e: (e.rank is None, e.rank or 0, _best_first(e), e.method))
         out.append(board)
     return out
+
+
+# per entry: the share of test samples whose predictions differ between two of its seeds, over all seed pairs
+_DISAGREEMENT_SQL = """
+WITH p AS (
+    SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry, r.seed, p.idx, p.pred
+    FROM runs r JOIN predictions p USING (run_id)
+    WHERE r.status = 'ok' AND p.split = ? {where}
+)
+SELECT a.suite, a.suite_version, a.scale, a.variant, a.dataset, a.model, a.recipe_id, a.entry,
+       count(DISTINCT (a.seed, b.seed)) AS pairs, avg(CAST(a.pred <> b.pred AS DOUBLE)) AS disagreement
+FROM p a JOIN p b ON a.suite = b.suite AND a.suite_version = b.suite_version AND a.scale = b.scale AND a.variant = b.variant
+    AND a.dataset IS NOT DISTINCT FROM b.dataset AND a.model IS NOT DISTINCT FROM b.model AND a.recipe_id = b.recipe_id
+    AND a.entry = b.entry AND a.idx = b.idx AND a.seed < b.seed
+GROUP BY ALL
+"""
+
+# per entry and matched seed: the samples only it gets right (b) and only the baseline gets right (c)
+_MCNEMAR_SQL = """
+WITH p AS (
+    SELECT r.entry, r.seed, p.idx, p.pred = p.label AS correct
+    FROM runs r JOIN predictions p USING (run_id)
+    WHERE r.status = 'ok' AND p.split = ? AND r.suite = ? AND r.suite_version = ? AND r.scale = ? AND r.variant = ?
+      AND r.dataset IS NOT DISTINCT FROM ? AND r.model IS NOT DISTINCT FROM ? AND r.recipe_id = ?
+)
+SELECT e.entry, count(DISTINCT e.seed) AS seeds,
+       count(*) FILTER (WHERE e.correct AND NOT b.correct) AS only_entry,
+       count(*) FILTER (WHERE b.correct AND NOT e.correct) AS only_baseline
+FROM p e JOIN p b ON b.entry = ? AND e.seed = b.seed AND e.idx = b.idx
+WHERE e.entry <> ?
+GROUP BY e.entry
+"""
+
+
+def _with_tuned_rows(entries: list[Entry], declared: str | None, rows: str) -> tuple[list[Entry], list[tuning.Selection]]:
+    """The board's entries plus one tuned row per tuning group (harness.tuning.select on the
+    validation metric's means alone); with rows="tuned", a group's other configurations are left out."""
+    if not entries:
+        return entries, []
+    metric = tuning.validation_metric_for(entries[0].primary, declared)
+    means = {e.method: (e.metrics.get(metric) or {}).get("mean") for e in entries}
+    hib = next((e.metrics[metric]["higher_is_better"] for e in entries if metric in e.metrics), True)
+    selections = sorted(tuning.select(means, hib, metric).values(), key=lambda s: s.base)
+    if not selections:
+        return entries, []
+    by_label = {e.method: e for e in entries}
+    tuned = []
+    for sel in selections:
+        chosen = by_label[sel.selected]
+        tuned.append(Entry(sel.label, chosen.primary, chosen.higher_is_better, metrics=dict(chosen.metrics), ok=chosen.ok, not_ok=chosen.not_ok,
+                           diverged=chosen.diverged, seeds=dict(chosen.seeds), seed_disagreement=chosen.seed_disagreement,
+                           disagreement_pairs=chosen.disagreement_pairs, tuned=sel))
+    if rows == "tuned":
+        grouped = {s.base for s in selections}
+        entries = [e for e in entries if tuning.base_entry(e.method) not in grouped or e.method == tuning.base_entry(e.method)]
+    return [*entries, *tuned], selections
+
+
+def _has_predictions(con: Any) -> bool:
+    """Whether the database holds per-sample predictions (a database from before it could has no such table)."""
+    try:
+        return con.execute("SELECT count(*) > 0 FROM (SELECT 1 FROM predictions LIMIT 1)").fetchone()[0]
+    except duckdb.Error:
+        return False
+
+
+def _mcnemar_with_baseline(con: Any, board: Board, has_predictions: bool) -> None:
+    """McNemar's test of each entry against the baseline on their stored test predictions (pooled
+    over matched seeds); Δ is still the mean paired difference of the primary metric."""
+    base = next((e for e in board.entries if e.method == board.baseline), None)
+    if base is None:
+        return
+    counts: dict[str, tuple[int, int, int]] = {}
+    if has_predictions:
+        p = board.protocol
+        rows = con.execute(_MCNEMAR_SQL, [PREDICTION_SPLIT, *(p[k] for k in PROTOCOL_KEYS), base.method, base.method]).fetchall()
+        counts = {entry: (int(seeds), int(b), int(c)) for entry, seeds, b, c in rows}
+    compared = [e for e in board.entries if e is not base and e.seeds]
+    for e in compared:
+        diffs = [e.seeds[s] - base.seeds[s] for s in sorted(set(e.seeds) & set(base.seeds))]
+        mean = math.fsum(diffs) / len(diffs) if diffs else None
+        if e.method not in counts:
+            e.baseline_test = stats.PairedTest(0, mean, None, None, "mcnemar")
+            continue
+        seeds, b, c = counts[e.method]
+        test = stats.mcnemar_test([True] * b + [False] * c, [False] * b + [True] * c)
+        e.baseline_test = stats.PairedTest(seeds, mean, test.statistic, test.p, "mcnemar")
+    corrected = stats.correct_p_values([e.baseline_test.p for e in compared], board.correction)
+    for e, p_value in zip(compared, corrected):
+        e.p_corrected = p_value
+
+
+def attach_reported(boards: list[Board], reported: dict[str, list[Any]]) -> None:
+    """Put on each row the published number (harness.reported.collect_reported) that applies to its
+    board's setting and entry, for the board's primary metric."""
+    for board in boards:
+        for e in board.entries:
+            for r in reported.get(board.protocol["suite"], ()):
+                if r.metric == e.primary and r.headline_value is not None and r.applies_to(board.protocol, e.method):
+                    e.reported = r
+                    break
 
 
 def _best_first(e: Entry) -> float:
@@ -278,9 +423,11 @@ def comparison_text(board: Board, e: Entry) -> tuple[str, str]:
     if e.method == board.baseline:
         return "baseline", "baseline"
     test = e.baseline_test
-    if test is None or test.n_pairs == 0:
+    if test is None or test.mean_diff is None:
         return "-", "-"
     delta = f"{test.mean_diff:+.4f}"
+    if test.n_pairs == 0:  # McNemar without stored predictions of both: Δ only
+        return delta, "- (no predictions)"
     return delta, f"{fmt_p(e.p_corrected)}{MARKS.get(e.versus_baseline or '', '')} (n={test.n_pairs})"
 
 
@@ -299,17 +446,63 @@ def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
     base = board.baseline or "baseline"
     headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics[:1]), "95% CI", f"Δ vs {base}", p_header(board)]
     headers += [*(f"{n} {arrows.get(n, '')}".strip() for n in metrics[1:]), "n", "failed", "diverged"]
+    with_reported = any(e.reported is not None for e in board.entries)
+    if with_reported:
+        headers[6:6] = ["reported", "Δ reported"]
+    with_disagreement = has_disagreement(board)
+    if with_disagreement:
+        headers.append("seed disagreement")
+    if board.selections:
+        headers.insert(2, "tuning")
     rows = []
     for e in board.entries:
         delta, p = comparison_text(board, e)
-        rows.append(
-            [
-                e.rank if e.rank is not None else "-", e.method, *(_cell(e.metrics.get(n)) for n in metrics[:1]),
-                ci_text(e.metrics.get(primary)) if primary else "-", delta, p,
-                *(_cell(e.metrics.get(n)) for n in metrics[1:]), e.ok, e.not_ok, e.diverged,
-            ]
-        )
+        row = [
+            e.rank if e.rank is not None else "-", e.method, *(_cell(e.metrics.get(n)) for n in metrics[:1]),
+            ci_text(e.metrics.get(primary)) if primary else "-", delta, p,
+            *(_cell(e.metrics.get(n)) for n in metrics[1:]), e.ok, e.not_ok, e.diverged,
+        ]
+        if with_reported:
+            r = e.reported
+            marker = "" if r is None or r.comparable else " *"
+            reported_text = "-" if r is None else fmt_value(r.headline_value) + marker
+            diff = e.diff_vs_reported
+            row[6:6] = [reported_text, "-" if diff is None else f"{diff:+.4f}"]
+        if with_disagreement:
+            row.append(disagreement_text(e))
+        if board.selections:
+            row.insert(2, board.tuning_text(e))
+        rows.append(row)
     return headers, rows
+
+
+def disagreement_text(e: Entry) -> str:
+    """The share of test samples two seeds of an entry predict differently, with how many seed pairs."""
+    return "-" if e.seed_disagreement is None else f"{e.seed_disagreement:.4f} ({e.disagreement_pairs} pair{'s' if e.disagreement_pairs != 1 else ''})"
+
+
+DISAGREEMENT_NOTE = (
+    "seed disagreement = share of test samples whose predicted class differs between two seeds of the entry, "
+    "mean over its seed pairs (from the stored per-sample predictions)"
+)
+
+
+def has_disagreement(board: Board) -> bool:
+    return any(e.seed_disagreement is not None for e in board.entries)
+
+
+def reported_note(board: Board) -> str:
+    """The sources of a board's reported numbers, numbered as they appear."""
+    lines = []
+    for e in board.entries:
+        r = e.reported
+        if r is None:
+            continue
+        text = f"reported for {e.method}: {r.source}"
+        if not r.comparable:
+            text += f" (* protocol differs: {r.note})" if r.note else " (* protocol differs)"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def to_records(boards: list[Board]) -> list[dict[str, Any]]:
@@ -342,6 +535,12 @@ def to_records(boards: list[Board]) -> list[dict[str, Any]]:
                     "failed": e.not_ok,
                     "diverged": e.diverged,
                     "seeds": {str(k): v for k, v in sorted(e.seeds.items())},
+                    "reported": e.reported.headline_value if e.reported is not None else None,
+                    "reported_source": e.reported.source if e.reported is not None else None,
+                    "reported_comparable": e.reported.comparable if e.reported is not None else None,
+                    "diff_vs_reported": e.diff_vs_reported,
+                    "seed_disagreement": e.seed_disagreement,
+                    **tuning.as_record(e.tuned),
                     "metrics": e.metrics,
                 }
             )
@@ -400,7 +599,8 @@ def render(boards: list[Board], fmt: str = "table") -> str:
                 if name not in metric_names:
                     metric_names.append(name)
         writer = csv.writer(buf)
-        extra = ("ci_low", "ci_high", "baseline", "diff_vs_baseline", "p_vs_baseline", "n_pairs", "test", "correction", "p_vs_baseline_corrected", "beats_baseline")
+        extra = ("ci_low", "ci_high", "baseline", "diff_vs_baseline", "p_vs_baseline", "n_pairs", "test", "correction", "p_vs_baseline_corrected", "beats_baseline",
+                 "reported", "diff_vs_reported", "seed_disagreement", "tuned_from", "tuning_budget")
         writer.writerow([*PROTOCOL_KEYS, "rank", "method", "n", "failed", "diverged", *extra, *(f"{n}_{s}" for n in metric_names for s in ("mean", "std"))])
         for record, (b, e) in zip(to_records(boards), ((board, e) for board in boards for e in board.entries)):
             values = []
@@ -415,5 +615,13 @@ def render(boards: list[Board], fmt: str = "table") -> str:
     for b in boards:
         headers, rows = _rows(b)
         heading = f"### {b.title}" if fmt == "markdown" else b.title
-        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{stats_note(b.test, b.correction)}\n")
+        note = stats_note(b.test, b.correction)
+        sources = reported_note(b)
+        if sources:
+            note += "\n" + sources
+        if has_disagreement(b):
+            note += "\n" + DISAGREEMENT_NOTE
+        if b.selections:
+            note += "\n" + tuning.note(b.selections)
+        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{note}\n")
     return "\n".join(parts)

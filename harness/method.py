@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.params import Param, resolve_params
+from harness.reported import Reported
 
 BUILTIN_DIST = "harness-bench"  # the distribution of the built-in plugins
 
@@ -39,6 +40,13 @@ class Method:
     # the suites whose default grid (`harness run` without method=) runs it; empty: every suite
     # whose default kinds include its kind. Any suite that ranks its kind runs it when named.
     suites: tuple[str, ...] = ()
+    # False keeps it out of every default grid (e.g. too slow for a suite's time budget: say why
+    # in `default_grid_note`, which `harness list` shows); it still runs when named with method=
+    default_grid: bool = True
+    default_grid_note: str = ""
+    # published numbers of this method (harness.reported.Reported, each naming its suite): the
+    # leaderboard shows them beside the reproduced ones at the setting where they apply
+    reported: tuple[Reported, ...] = ()
     plugin: str = ""
     plugin_version: str = ""
 
@@ -54,6 +62,9 @@ class Method:
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.name!r} declares a hyper-parameter twice: {names}")
+        for r in self.reported:
+            if not isinstance(r, Reported) or not r.suite:
+                raise ValueError(f"method {self.name!r}: each reported number must be a harness.reported.Reported naming its suite (suite=...)")
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}

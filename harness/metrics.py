@@ -117,3 +117,54 @@ def detection_metrics(logits_in: torch.Tensor, logits_out: torch.Tensor) -> dict
         out[f"fpr95_{name}"] = fpr_at_tpr(s_in[name], s_out[name], 0.95)
         out[f"aupr_{name}"] = aupr(s_in[name], s_out[name])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration and selective-prediction metrics of a predictive distribution
+# (pass the log-probabilities of a calibrated distribution as `logits`: softmax(log p) = p)
+# ---------------------------------------------------------------------------------------------
+
+
+def negative_log_likelihood(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean over samples of -log softmax(z)_y (nats); inf where a true class gets probability 0."""
+    if not len(y):
+        return float("nan")
+    logp = torch.log_softmax(logits.double(), 1)
+    return float(-logp.gather(1, y.long().view(-1, 1)).mean())
+
+
+def brier_score(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Multiclass Brier score (Brier 1950): mean over samples of sum_k (p_k - [y = k])^2, in [0, 2]."""
+    if not len(y):
+        return float("nan")
+    p = torch.softmax(logits.double(), 1)
+    onehot = torch.zeros_like(p).scatter_(1, y.long().view(-1, 1), 1.0)
+    return float((p - onehot).pow(2).sum(1).mean())
+
+
+def risk_coverage_curve(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Selective risk at coverage k/n, k = 1..n: the error rate of the k samples with the highest
+    maximum softmax probability. Samples of equal confidence are one group: inside it the risk is
+    the expectation over the orders it could be taken in (so the curve does not depend on how the
+    sort breaks ties)."""
+    conf, pred = torch.softmax(logits.double(), 1).max(1)
+    wrong = (pred != y).double()
+    order = torch.argsort(conf, descending=True, stable=True)
+    conf, wrong = conf[order], wrong[order]
+    _, counts = torch.unique_consecutive(conf, return_counts=True)
+    group = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    errors_in_group = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, group, wrong)
+    errors_before = torch.cumsum(errors_in_group, 0) - errors_in_group
+    first = torch.cumsum(counts, 0) - counts  # position of each group's first sample
+    within = torch.arange(len(conf)) - first[group] + 1  # 1..m inside a group of m
+    expected_errors = errors_before[group] + within * errors_in_group[group] / counts[group]
+    return expected_errors / torch.arange(1, len(conf) + 1, dtype=torch.float64)
+
+
+def aurc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Area under the risk-coverage curve of the maximum softmax probability (Geifman, Uziel &
+    El-Yaniv, Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers, ICLR 2019):
+    (1/n) sum_k risk(k/n). Lower is better; a perfect ranking of errors gives its minimum."""
+    if not len(y):
+        return float("nan")
+    return float(risk_coverage_curve(logits, y).mean())

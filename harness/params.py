@@ -2,10 +2,14 @@
 
 A method lists its hyper-parameters as `Param`s; the core parses command-line text against
 them, validates values from any source, and puts the canonical value in the run's identity.
+A `Param` may declare a search distribution next to its default (DomainBed's `_hparam` habit,
+but on the method's own parameter): `tune=N` draws N configurations per method from them, with
+the same seeded sampler for every method, so every method gets the same tuning budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +21,89 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+# ---------------------------------------------------------------------------------------------
+# search distributions (a draw takes one uniform number u in [0, 1) and returns a value)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float uniform in [low, high]."""
+
+    low: float
+    high: float
+
+    def draw(self, u: float) -> float:
+        return float(self.low + u * (self.high - self.low))
+
+    def describe(self) -> str:
+        return f"U({self.low:g}, {self.high:g})"
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A float whose log10 is uniform in [log10 low, log10 high] (learning rates, weights)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low <= self.high:
+            raise ValueError(f"LogUniform needs 0 < low <= high, got ({self.low}, {self.high})")
+
+    def draw(self, u: float) -> float:
+        a, b = math.log10(self.low), math.log10(self.high)
+        return float(10 ** (a + u * (b - a)))
+
+    def describe(self) -> str:
+        return f"10^U({math.log10(self.low):g}, {math.log10(self.high):g})"
+
+
+@dataclass(frozen=True)
+class IntUniform:
+    """An int uniform in {low, ..., high}."""
+
+    low: int
+    high: int
+
+    def draw(self, u: float) -> int:
+        return int(self.low + min(math.floor(u * (self.high - self.low + 1)), self.high - self.low))
+
+    def describe(self) -> str:
+        return f"int U{{{self.low}..{self.high}}}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few values, equally likely."""
+
+    values: tuple[Any, ...]
+
+    def draw(self, u: float) -> Any:
+        return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+
+    def describe(self) -> str:
+        return "{" + ", ".join(map(str, self.values)) + "}"
+
+
+Search = Uniform | LogUniform | IntUniform | Choice
+
+
+def tuning_draw(method: str, index: int, param: str) -> float:
+    """The uniform number in [0, 1) of draw `index` of a method's parameter: a function of the
+    method's name, the draw and the parameter only (not of the seed, the suite or the entry), so
+    every entry holding the method tries the same N configurations."""
+    digest = hashlib.sha256(f"harness/tune/{method}/{index}/{param}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
 @dataclass(frozen=True)
 class Param:
     """One hyper-parameter: a name, a type (float, int, bool or str), a default and a doc line.
 
-    `low`/`high` bound numbers (inclusive); `choices` restricts strings.
+    `low`/`high` bound numbers (inclusive); `choices` restricts strings. `search` is the
+    distribution `tune=N` draws it from (harness.params: Uniform, LogUniform, IntUniform, Choice);
+    None leaves it at its default when tuning.
     """
 
     name: str
@@ -31,6 +113,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
+    search: Search | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -40,6 +123,20 @@ class Param:
                 f"hyper-parameter {self.name!r} has type {self.type!r}; use float, int, bool or str"
             )
         self.check(self.default, where=f"the default of {self.name}")
+        if self.search is not None:  # every value the distribution can give must be valid
+            for u in (0.0, 0.5, 1.0 - 1e-12):
+                self.check(self.sample(u), where=f"a draw of {self.name}'s search distribution {self.search.describe()}")
+
+    def sample(self, u: float) -> Any:
+        """The value of the search distribution at the uniform number `u`, in canonical form."""
+        if self.search is None:
+            return self.default
+        value = self.search.draw(u)
+        if self.type is float:
+            value = float(f"{float(value):.6g}")  # short, stable run ids
+        elif self.type is int:
+            value = int(value)
+        return value
 
     @property
     def type_name(self) -> str:
@@ -106,6 +203,8 @@ class Param:
         for key in ("low", "high", "choices"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.search is not None:
+            out["search"] = self.search.describe()
         return out
 
 

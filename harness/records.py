@@ -19,6 +19,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from harness import predictions as _predictions
+
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "diverged", "timeout")
 MAX_RESULT_BYTES = 32 * 2**20  # far above any real result file; bounds what a hostile file can make us read
@@ -162,15 +164,18 @@ class _List(_Check):
 
 
 class _Map(_Check):
-    """An object whose keys are names and whose values all follow one check."""
+    """An object whose keys are names (matching `key`, if given) and whose values all follow one check."""
 
-    def __init__(self, value: _Check):
-        self.value, self.expect = value, f"an object of {value.expect}"
+    def __init__(self, value: _Check, *, key: re.Pattern[str] | None = None, min_len: int = 0):
+        self.value, self.key, self.min_len = value, key, min_len
+        self.expect = f"an object of {value.expect}" + (f" keyed by names matching {key.pattern}" if key else "") + (f" (at least {min_len})" if min_len else "")
 
     def check(self, value: Any, where: str) -> None:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or len(value) < self.min_len:
             self.fail(value, where)
         for key, item in value.items():
+            if self.key is not None and not self.key.fullmatch(key):
+                self.fail(value, where)
             self.value.check(item, f"{where}.{key}")
 
 
@@ -213,6 +218,19 @@ _SPEC_SCHEMA = _Object(
     }
 )
 
+# the summary of a run's per-sample predictions (harness.predictions): its file is checked against it
+_PREDICTIONS_SCHEMA = _Object(
+    {
+        "sha256": _Str(pattern=re.compile(r"[0-9a-f]{64}"), what="64 lowercase hexadecimal digits"),
+        "num_classes": _Int(1, _predictions.MAX_CLASSES),
+        "probabilities": _Bool(),
+        "splits": _Map(
+            _Object({"rows": _Int(0, _predictions.MAX_ROWS), "scores": _Map(_Str(choices=_predictions.SCORES))}),
+            key=_predictions.SPLIT_NAME, min_len=1,
+        ),
+    }
+)
+
 # One result record (schema 1). Fields not listed are kept as they are; `spec` must moreover be
 # exactly the canonical form its run id hashes.
 RECORD_SCHEMA = _Object(
@@ -236,6 +254,7 @@ RECORD_SCHEMA = _Object(
         "started_at": _Nullable(_Timestamp()),
         "finished_at": _Nullable(_Timestamp()),
         "duration_s": _Nullable(_Number(low=0)),
+        "predictions": _PREDICTIONS_SCHEMA,
     },
 )
 
@@ -265,6 +284,12 @@ def validate_record(record: Any, *, expected_id: str | None = None) -> dict[str,
         raise CorruptResult(f"run id {record['run_id']} does not match the hash of its spec ({spec.run_id})")
     if expected_id is not None and record["run_id"] != expected_id:
         raise CorruptResult(f"file of run {expected_id} holds run {record['run_id']}")
+    summary = record.get("predictions")
+    if summary is not None:
+        if summary["probabilities"] != (summary["num_classes"] <= _predictions.MAX_PROBABILITY_CLASSES):
+            raise CorruptResult(f"predictions.probabilities must say whether num_classes <= {_predictions.MAX_PROBABILITY_CLASSES}")
+        if sum(s["rows"] for s in summary["splits"].values()) > _predictions.MAX_ROWS:
+            raise CorruptResult(f"predictions hold more than {_predictions.MAX_ROWS} rows")
     return record
 
 

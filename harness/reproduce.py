@@ -1,7 +1,7 @@
 """`harness reproduce SUITE`: the literature's headline numbers, trained again at `scale=paper`.
 
-`HEADLINES` is data: per suite, the settings whose numbers papers report (the method entries,
-the suite's axes), each reported number with its source (paper, table, row, the number as
+The numbers are data the suites (and methods) declare (`Suite.reported`, harness.reported): per
+setting, the entries papers report, each number with its source (paper, table, row, the number as
 printed) converted to the harness metric's units, and a tolerance. `reproduce` builds every
 setting's grid with `harness.spec.build_grid` and trains it with `harness.runner.run_grid` (the
 same progress display, resume and result store as `harness run`), then reads the stored metrics
@@ -22,24 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.reported import Reported, collect_reported
 
 SHRUNK_MARK = "shrunken: not comparable"
-
-
-@dataclass(frozen=True)
-class Reported:
-    """A number a paper reports for one harness entry and metric, in the metric's units."""
-
-    entry: str  # the leaderboard entry, e.g. "ldam_drw" or "ce+tent"
-    metric: str
-    value: float | None  # None: not found in the source (unverified)
-    source: str  # the paper, table and row, and the number as printed
-    tolerance: float | None = None  # |reproduced mean - reported| within this is a reproduction
-    comparable: bool = True  # False: the harness protocol differs from the paper's (`note` says how)
-    note: str = ""
-    # severity-5 error per corruption as reported; the comparison then averages over the
-    # corruptions the run and the paper both cover
-    per_corruption: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,77 +45,30 @@ class Headline:
         return out
 
 
-# --- the literature ---------------------------------------------------------------------------
+# --- the settings: the published numbers the installed suites and methods declare ---------------
 
-# Papers on CIFAR-10-LT report one run. Re-runs of the ResNet-32 recipe move by about half a
-# point between seeds (our estimate, unverified); 1.5 points is three such deviations.
-LT_TOLERANCE = 0.015
-SHRUNK_LT = (("dataset", "digits"), ("model", "fast_cnn"), ("epochs", "1"), ("batch_size", "64"), ("warmup_epochs", "0"))
-SHRUNK_OOD = (("dataset", "digits"), ("model", "small_cnn"), ("epochs", "1"), ("batch_size", "64"), ("warmup_epochs", "0"))
-
-# The official Tent repository's CIFAR-10-C example (github.com/DequanWang/tent, README, "Result"
-# table): error (%) at severity 5, WRN-28-10 (RobustBench "Standard"), batch 200, per corruption.
-_TENT_README_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "snow", "frost",
-    "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
-_TENT_README = {
-    "source": (72.3, 65.7, 72.9, 46.9, 54.3, 34.8, 42.0, 25.1, 41.3, 26.0, 9.3, 46.7, 26.6, 58.5, 30.3),  # mean 43.5
-    "norm": (28.1, 26.1, 36.3, 12.8, 35.3, 14.2, 12.1, 17.3, 17.4, 15.3, 8.4, 12.6, 23.8, 19.7, 27.3),  # mean 20.4
-    "tent": (24.8, 23.5, 33.0, 12.0, 31.8, 13.7, 10.8, 15.9, 16.2, 13.7, 7.9, 12.1, 22.0, 17.3, 24.2),  # mean 18.6
-}
+SHRUNK = (("dataset", "digits"), ("model", "fast_cnn"), ("epochs", "1"), ("batch_size", "64"), ("warmup_epochs", "0"))
 
 
-def _tent_readme(row: str) -> tuple[tuple[str, float], ...]:
-    return tuple((c, v / 100) for c, v in zip(_TENT_README_CORRUPTIONS, _TENT_README[row]))
+def headlines(catalog: Any, suite: str) -> tuple[Headline, ...]:
+    """The settings of `suite` with published numbers (harness.reported.collect_reported), one
+    headline per (setting, scale, axes, data set and model), in declaration order."""
+    if suite not in catalog.suites:
+        from harness.errors import UnknownNameError
 
-
-_OOD_PROTOCOL = (
-    "protocol differs: the README's WRN-28-10 is trained on all 10 CIFAR-10 classes and tested on the released CIFAR-10-C; "
-    "the suite's ResNet-32 sees classes 0-5 and generated corruptions"
-)
-
-HEADLINES: dict[str, tuple[Headline, ...]] = {
-    "long_tail": (
-        Headline(
-            suite="long_tail",
-            title="CIFAR-10-LT, imbalance ratio 100, ResNet-32 (LDAM-DRW recipe)",
-            methods=("ce", "ldam_drw", "balanced_softmax"),
-            axes=(("ratio", "100"),),
-            reported=(
-                Reported("ce", "top1", 1 - 0.2964, "Cao et al., NeurIPS 2019, Table 2, row ERM, long-tailed CIFAR-10 ratio 100: top-1 error 29.64%", LT_TOLERANCE),
-                Reported("ldam_drw", "top1", 1 - 0.2297, "Cao et al., NeurIPS 2019, Table 2, row LDAM-DRW, long-tailed CIFAR-10 ratio 100: top-1 error 22.97%", LT_TOLERANCE),
-                Reported(
-                    "balanced_softmax", "top1", None,
-                    "Ren et al., NeurIPS 2020, Table 2 (CIFAR-10-LT, imbalance 100): figure not retrieved, unverified",
-                    LT_TOLERANCE,
-                    note="the authors' code README gives 79.8% at imbalance 200, trained with AutoAugment and Cutout, not this recipe",
-                ),
-            ),
-            shrunk=SHRUNK_LT,
-        ),
-    ),
-    "ood": (
-        Headline(
-            suite="ood",
-            title="CIFAR-10 source model, TTA under corruptions at severity 5 (episodic)",
-            methods=("source", "bn_adapt", "tent", "sar"),
-            axes=(("setting", "episodic"),),
-            reported=(
-                Reported("ce+source", "err_s5", None, "Wang et al., ICLR 2021, official code README (CIFAR-10-C example, row source): 43.5% mean error",
-                         0.02, comparable=False, note=_OOD_PROTOCOL, per_corruption=_tent_readme("source")),
-                Reported("ce+bn_adapt", "err_s5", None, "Wang et al., ICLR 2021, official code README (CIFAR-10-C example, row norm): 20.4% mean error",
-                         0.02, comparable=False, note=_OOD_PROTOCOL, per_corruption=_tent_readme("norm")),
-                Reported("ce+tent", "err_s5", None, "Wang et al., ICLR 2021, official code README (CIFAR-10-C example, row tent): 18.6% mean error",
-                         0.02, comparable=False, note=_OOD_PROTOCOL, per_corruption=_tent_readme("tent")),
-                Reported("ce+sar", "err_s5", None,
-                         "Niu et al., ICLR 2023: results on ImageNet-C only (ResNet-50-GN, ViT-B/16-LN); no CIFAR-10-C figure found, unverified",
-                         None, comparable=False, note="no reported number to compare with"),
-            ),
-            shrunk=SHRUNK_OOD,
-        ),
-    ),
-}
+        raise UnknownNameError("suite", suite, catalog.suites.names())
+    groups: dict[tuple, list[Reported]] = {}
+    for r in collect_reported(catalog).get(suite, []):
+        groups.setdefault((r.setting, r.scale, r.axes, r.recipe), []).append(r)
+    out = []
+    for (setting, scale, axes, recipe), numbers in groups.items():
+        if scale != "paper":
+            continue
+        out.append(Headline(suite, setting, tuple(dict.fromkeys(r.entry for r in numbers)), axes=(*axes, *recipe), reported=tuple(numbers), shrunk=SHRUNK))
+    if not out:
+        have = [s.name for s in catalog.suites if any(r.scale == "paper" for r in collect_reported(catalog).get(s.name, []))]
+        raise HarnessError(f"suite {suite!r} declares no published numbers at scale=paper; `harness reproduce` can run {', '.join(have) or 'none'}")
+    return tuple(out)
 
 
 # --- the comparison ---------------------------------------------------------------------------
@@ -255,12 +193,6 @@ def render(rows: list[Row], *, shrink: bool) -> str:
 # --- running ------------------------------------------------------------------------------------
 
 
-def headlines_of(suite: str) -> tuple[Headline, ...]:
-    if suite not in HEADLINES:
-        raise HarnessError(f"no headline settings for suite {suite!r}; `harness reproduce` knows {', '.join(HEADLINES)}")
-    return HEADLINES[suite]
-
-
 def check_data(catalog: Any, suite: str, specs: list[Any], cache_dir: Any, *, shrink: bool) -> None:
     """Load every data set the grid trains on before anything trains: one line if one cannot be reached."""
     from harness.data import LoadOptions, probe_hub
@@ -294,7 +226,7 @@ def reproduce(catalog: Any, suite: str, *, seeds: int, shrink: bool, store: Any,
     from harness.store import CorruptResult, read_result
 
     grids = []
-    for headline in headlines_of(suite):
+    for headline in headlines(catalog, suite):
         suite_obj, specs = build_grid(catalog, headline.overrides(seeds=seeds, shrink=shrink))
         grids.append((headline, suite_obj, specs))
     for _, _, specs in grids:

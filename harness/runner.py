@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, RunDiverged
+from harness.predictions import PAYLOAD_KEY as PREDICTIONS_PAYLOAD
+from harness.predictions import encode as encode_predictions
 from harness.spec import RunSpec
 from harness.store import CLAIM_TTL_OTHER_HOST_S, ClaimHolder, ResultStore
 from harness.suite import RunContext, Suite
@@ -35,12 +37,16 @@ class ExecOptions:
     """How a grid is executed: `jobs` local worker processes (or Ray tasks), a per-run time
     limit, and how often a run whose worker process died is tried again."""
 
-    executor: str = "local"  # local | ray
+    executor: str = "local"  # local | ray | slurm
     jobs: int = 1
     timeout_s: float | None = None
     retries: int = 1
     address: str | None = None  # Ray cluster address (auto, ray://host:port); None starts a local cluster
     compile_model: bool = False  # torch.compile the training forward pass
+    threads: int | None = None  # torch threads per run; None: sized per run (harness.cpu.thread_budget)
+    # executor=slurm: submitit's parameters (partition, time_min, gpus_per_node, cpus_per_task, mem_gb, account,
+    # qos, constraint, array_parallelism, folder, cluster, device); see harness.executors.SlurmExecutor
+    slurm: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -92,9 +98,14 @@ def provenance(catalog: Any, suite: Suite, spec: RunSpec, device: str) -> dict[s
 
 
 def make_record(spec: RunSpec, suite: Suite, catalog: Any, *, status: str, error: str | None, started: str, duration_s: float, device: str,
-                metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The result record of a run, in the schema `harness.store` validates."""
+                metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None, info: dict[str, Any] | None = None,
+                predictions: tuple[dict[str, Any], bytes] | None = None) -> dict[str, Any]:
+    """The result record of a run, in the schema `harness.store` validates. `predictions`: the
+    (summary, file bytes) of `harness.predictions.encode`; the bytes travel with the record under
+    `PREDICTIONS_PAYLOAD` until the coordinator writes them beside the result file."""
+    extra = {} if predictions is None else {"predictions": predictions[0], PREDICTIONS_PAYLOAD: predictions[1]}
     return {
+        **extra,
         "schema": 1,
         "run_id": spec.run_id,
         "spec": spec.canonical(),
@@ -131,8 +142,12 @@ def execute(spec: RunSpec, suite: Suite, catalog: Any, *, cache_dir: Path, devic
         raise  # a user error (e.g. unreachable hub) stops the grid with its message
     except Exception:
         return make_record(spec, suite, catalog, status="failed", error=traceback.format_exc(), started=started, duration_s=time.perf_counter() - t0, device=device)
+    try:  # a suite's malformed predictions fail its run, like any other bug in the suite
+        predictions = encode_predictions(out.predictions) if out.predictions else None
+    except Exception:
+        return make_record(spec, suite, catalog, status="failed", error=traceback.format_exc(), started=started, duration_s=time.perf_counter() - t0, device=device)
     return make_record(spec, suite, catalog, status="ok", error=None, started=started, duration_s=time.perf_counter() - t0, device=device,
-                       metrics=out.metrics, series=out.series, info=out.info)
+                       metrics=out.metrics, series=out.series, info=out.info, predictions=predictions)
 
 
 @dataclass
@@ -244,8 +259,9 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
         return True
 
     def finished(spec: RunSpec, record: dict[str, Any]) -> None:
+        payload = record.pop(PREDICTIONS_PAYLOAD, None)  # written beside the result file, not into it
         with _ctrl_c_deferred():  # a result file and its database row are stored together
-            store.write(record)
+            store.write(record, predictions=payload)
             store.release(spec.run_id)
             counts["stored"] += 1
             counts["failed"] += record["status"] != "ok"

@@ -1,50 +1,60 @@
 """`harness publish`: a self-contained static leaderboard site from a results database.
 
-Pages (flat in the output folder, so every link is a plain relative file name):
+Pages (flat in the output folder, so every link is a plain relative file name), each rendered from
+a Jinja2 template in the repository's `leaderboard/` folder (installed as `harness.site_assets`):
 
 - `index.html`: every suite in the database with its protocol card, its leaderboards (one per
-  protocol: suite version, scale, variant, dataset, model, recipe) with their leaders, and every
-  method;
+  protocol: suite version, scale, variant, dataset, model, recipe) with their leaders, every
+  method, and the leaderboards of every board as CSV and Parquet;
 - `suite-*.html`: a suite's card and its leaderboards;
 - `board-*.html`: one protocol's leaderboard: a sortable table with the statistics of
   `harness.leaderboard` (95% Student t intervals, paired t-tests against the baseline with
-  Holm-corrected p-values, rank groups), failed and diverged runs, and the plots (inline SVG drawn here: per-class accuracy by
-  training-class frequency where a run stores `per_class_accuracy` and `class_counts`, and every
-  other stored series as a curve per entry, mean over seeds);
+  Holm-corrected p-values, rank groups; McNemar's test and the seed disagreement where runs
+  stored per-sample predictions; published numbers beside reproduced ones), each entry's
+  non-default hyper-parameters, failed and diverged runs, the board as CSV and Parquet
+  (`board-*.csv`, `board-*.parquet`), and its charts (`harness.plots`: per-class accuracy by
+  training-class frequency, every stored series per entry and seed; the leaders and the baseline
+  drawn first, the legend toggles entries, hovering names entry, seed and value);
+- `entry-*.html`: one entry of one board: its hyper-parameters (defaults and the ones set), its
+  runs by seed with every metric, and its curves per seed;
 - `method-*.html`: a method's card (from the installed plugins) and all its results;
-- `run-*.html`: one run's spec, provenance, metrics and curves;
+- `run-*.html`: one run's spec, provenance, metrics and curves (long series downsampled, long
+  texts cut, so a page stays small);
 - `aggregate.html`: one ranking of every method across all boards (`harness.aggregate`: average
   rank, Friedman test, Nemenyi critical difference with its diagram, IQM of normalised scores
   with stratified bootstrap intervals, probability of improvement, performance profiles).
 
-The page template and the assets (CSS, the table-sorting script) live in the repository's
-`leaderboard/` folder. Nothing is fetched from the network: no CDN, no web fonts.
+Nothing is fetched from the network: the charts are Vega-Lite, drawn by the site's own copy of
+Vega, Vega-Lite and Vega-Embed (`assets/vega.js`, bundled by vl-convert-python), no CDN, no fonts.
 
-Safety: every string that comes from a plugin or the database is HTML-escaped, only http(s)
-URLs become links, and file names are slugs plus a hash of the name, so no name can point a
-file outside the output folder. Determinism: the same database gives byte-identical files
-(sorted iteration, fixed float formats, no generation timestamp).
+Safety: templates autoescape every string that comes from a plugin or the database; chart data
+sits in `<script type="application/json">` blocks with `<`, `>` and `&` escaped; only http(s)
+URLs become links; file names are slugs plus a hash of the name, so no name can point a file
+outside the output folder. Determinism: the same database gives byte-identical files (sorted
+iteration, fixed float formats, no generation timestamp).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
-import math
 import re
 import shutil
-import string
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from markupsafe import Markup
+
+from harness import plots
 from harness.errors import HarnessError
 from harness.leaderboard import (
     CORRECTION_NAMES,
+    DISAGREEMENT_NOTE,
     PROTOCOL_KEYS,
     TEST_NAMES,
     Board,
@@ -53,17 +63,21 @@ from harness.leaderboard import (
     build_boards,
     ci_text,
     comparison_text,
+    disagreement_text,
+    has_disagreement,
     p_header,
 )
 
-ASSETS = ("style.css", "sort.js")
+ASSETS = ("style.css", "sort.js", "plots.js")
+VEGA_ASSET = "vega.js"
 AGGREGATE_PAGE = "aggregate.html"
-TEMPLATE = "page.html"
+TEMPLATES = ("base.html", "macros.html", "index.html", "suite.html", "board.html", "entry.html", "method.html", "run.html", "aggregate.html")
 MARKER = ".harness-site"  # marks a folder `harness publish` wrote, so it may replace it
 MARKER_TEXT = "This folder was written by `harness publish`; publishing again replaces its contents.\n"
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
-DASHES = ("", "6 3", "2 3")
 PER_CLASS, CLASS_COUNTS = "per_class_accuracy", "class_counts"
+MAX_TEXT = 20_000  # characters of a run's info, error or provenance shown on its page
+SHOWN_LEADERS = 5  # entries of rank 1 drawn at first in a board's charts (with the baseline)
+ALL_BOARDS = "leaderboards"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,12 +86,12 @@ PER_CLASS, CLASS_COUNTS = "per_class_accuracy", "class_counts"
 
 
 def assets_dir() -> Path:
-    """The folder holding the template and assets: installed as package data, or the checkout's."""
+    """The folder holding the templates and assets: installed as package data, or the checkout's."""
     import harness
 
     here = Path(harness.__file__).resolve().parent
     for candidate in (here / "site_assets", here.parent / "leaderboard"):
-        if (candidate / TEMPLATE).is_file():
+        if (candidate / "base.html").is_file():
             return candidate
     raise HarnessError(
         f"the leaderboard templates are missing (looked for {here / 'site_assets'} and {here.parent / 'leaderboard'}); "
@@ -85,14 +99,26 @@ def assets_dir() -> Path:
     )
 
 
-def slug(name: str, prefix: str, *, identity: str | None = None) -> str:
+@functools.lru_cache(maxsize=1)
+def vega_bundle() -> bytes:
+    """Vega, Vega-Lite and Vega-Embed as one classic script (vl-convert-python bundles them offline;
+    wrapped in a function so that its top-level names stay its own)."""
+    try:
+        import vl_convert
+    except ImportError:
+        raise HarnessError("publishing the site's charts needs vl-convert-python (pip install vl-convert-python), which bundles Vega offline") from None
+    return ("/* Vega " + vl_convert.get_vega_version() + ", Vega-Lite, Vega-Embed " + vl_convert.get_vega_embed_version()
+            + " (BSD-3-Clause), bundled by vl-convert-python */\n(function () {\n" + vl_convert.javascript_bundle() + "\n})();\n").encode("utf-8")
+
+
+def slug(name: str, prefix: str, *, identity: str | None = None, ext: str = "html") -> str:
     """A safe, unique file name for `name`: readable part + a hash of `identity` (default: the name).
 
     Only [a-z0-9-] survive, so no name can contain '/', '..' or characters a static host mangles.
     """
     readable = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "x"
     digest = hashlib.sha256((name if identity is None else identity).encode("utf-8")).hexdigest()[:8]
-    return f"{prefix}-{readable}-{digest}.html"
+    return f"{prefix}-{readable}-{digest}.{ext}"
 
 
 def suite_page(suite: str) -> str:
@@ -107,34 +133,61 @@ def run_page(run_id: str) -> str:
     return slug(run_id, "run")
 
 
-def board_page(protocol: dict[str, Any]) -> str:
+def _protocol_identity(p: dict[str, Any]) -> str:
+    return json.dumps([str(p[k]) for k in PROTOCOL_KEYS])
+
+
+def board_page(protocol: dict[str, Any], ext: str = "html") -> str:
     p = protocol
-    return slug(f"{p['suite']} v{p['suite_version']} {p['scale']} {p['variant']}", "board", identity=json.dumps([str(p[k]) for k in PROTOCOL_KEYS]))
+    return slug(f"{p['suite']} v{p['suite_version']} {p['scale']} {p['variant']}", "board", identity=_protocol_identity(p), ext=ext)
+
+
+def entry_page(protocol: dict[str, Any], entry: str) -> str:
+    return slug(f"{protocol['suite']} {entry}", "entry", identity=json.dumps([_protocol_identity(protocol), entry]))
 
 
 # ---------------------------------------------------------------------------------------------
-# html helpers
+# what templates get: cells of tables (every string escaped by the templates)
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    text: Any = ""
+    href: str | None = None
+    sort: str = "-"  # data-sort of a numeric cell
+    numeric: bool = False
+    cls: str = ""
+    title: str = ""
+    links: list[tuple[str, str]] = field(default_factory=list)  # several links (text, if any, before them)
+    sep: str = ", "
+    html: Markup | None = None  # markup made here from escaped parts (a card, a diagram)
+
+
+@dataclass
+class Row:
+    cells: list[Cell]
+    cls: str = ""
+
+
+def num(text: str, sort_value: float | int | None, cls: str = "num", title: str = "") -> Cell:
+    return Cell(text, sort="-" if sort_value is None else (str(sort_value) if isinstance(sort_value, int) else repr(float(sort_value))),
+                numeric=True, cls=cls, title=title)
 
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def link(href: str, text: str) -> str:
-    """A link to one of our own pages (href is a generated file name); `text` is escaped here."""
-    return f'<a href="{esc(href)}">{esc(text)}</a>'
-
-
-def external_link(url: str, text: str | None = None) -> str:
+def external(url: str, text: str | None = None) -> Cell:
     """A link only for http(s) URLs; anything else (javascript:, data:, relative) is plain text."""
     parsed = urlparse(url.strip()) if url else None
     if parsed and parsed.scheme in ("http", "https") and parsed.netloc:
-        return f'<a href="{esc(url.strip())}" rel="noopener noreferrer">{esc(text or url)}</a>'
-    return esc(text or url or "-")
+        return Cell(text or url.strip(), href=url.strip())
+    return Cell(text or url or "-")
 
 
-def markdown(text: str) -> str:
+def markdown(text: str) -> Markup:
     """The little markdown cards use: paragraphs, `- ` lists, **bold** and `code` (escaped first)."""
     out = []
     for block in re.split(r"\n\s*\n", text.strip()):
@@ -144,7 +197,7 @@ def markdown(text: str) -> str:
             out.append(f"<ul>{items}</ul>")
         elif block.strip():
             out.append(f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>")
-    return "\n".join(out)
+    return Markup("\n".join(out))
 
 
 def _inline(text: str) -> str:
@@ -153,31 +206,12 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
-def kv_table(rows: Iterable[tuple[str, str]]) -> str:
-    """Rows of (label, html): labels are ours, values are already-escaped html."""
-    body = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows)
-    return f'<table class="kv"><tbody>{body}</tbody></table>'
+def pretty_json(value: Any, limit: int = MAX_TEXT) -> str:
+    return cut(json.dumps(value, indent=2, sort_keys=True), limit)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, sortable: bool = False, cls: str = "") -> str:
-    """Headers are escaped here; each cell is html (a `<td ...>` string or plain escaped html)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    classes = " ".join(c for c in ("sortable" if sortable else "", cls) if c)
-    return f'<div class="table-wrap"><table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def num_cell(text: str, sort_value: float | int | None, extra: str = "") -> str:
-    sort = "-" if sort_value is None else _num(sort_value)
-    return f'<td class="num{extra}" data-sort="{sort}">{esc(text)}</td>'
-
-
-def _num(x: float | int) -> str:
-    return str(x) if isinstance(x, int) else repr(float(x))
-
-
-def pretty_json(value: Any) -> str:
-    return f"<pre>{esc(json.dumps(value, indent=2, sort_keys=True))}</pre>"
+def cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters not shown; `harness show RUN_ID` prints all)"
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -185,126 +219,8 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# inline SVG charts
+# the critical-difference diagram (a diagram of its own, drawn here as SVG)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Line:
-    label: str
-    color: str
-    dash: str
-    points: list[tuple[float, float | None]]  # a None y breaks the line
-    markers: bool = False
-
-
-def _nice_step(span: float, count: int = 5, integer: bool = False) -> float:
-    raw = span / count
-    if integer and raw <= 1:
-        return 1.0
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10) if integer and magnitude == 1 else (1, 2, 2.5, 5, 10):
-        if raw <= m * magnitude:
-            return m * magnitude
-    return 10 * magnitude
-
-
-def _linear_ticks(lo: float, hi: float, integer: bool = False) -> tuple[float, float, list[float], int]:
-    if hi - lo < 1e-12:
-        pad = 1.0 if integer else (abs(lo) * 0.05 or 0.5)
-        lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo, integer=integer)
-    start, stop = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    ticks, i = [], 0
-    while start + i * step <= stop + step * 1e-9:
-        ticks.append(start + i * step)
-        i += 1
-    digits = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0)
-    return start, stop, ticks, digits
-
-
-def _log_ticks(lo: float, hi: float) -> tuple[float, float, list[float]]:
-    lo, hi = lo / 1.3, hi * 1.3
-    mantissas = (1,) if math.log10(hi / lo) > 4 else (1, 2, 5)
-    ticks = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in mantissas:
-            t = m * 10.0**e
-            if lo <= t <= hi:
-                ticks.append(t)
-    return lo, hi, ticks
-
-
-def _tick_label(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}"
-    return "0" if float(text) == 0 else text
-
-
-def svg_chart(
-    lines: list[Line], *, title: str, x_label: str, y_label: str, log_x: bool = False, integer_x: bool = False, width: int = 560, height: int = 320
-) -> str:
-    """A line chart as inline SVG (deterministic: fixed coordinate precision, input order)."""
-    left, right, top, bottom = 58, 16, 26, 46
-    pts = [(x, y) for line in lines for x, y in line.points if y is not None and math.isfinite(y) and math.isfinite(x) and (x > 0 or not log_x)]
-    if not pts:
-        return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    if log_x:
-        x_lo, x_hi, x_ticks = _log_ticks(min(xs), max(xs))
-        fx = lambda x: left + (math.log10(x) - math.log10(x_lo)) / (math.log10(x_hi) - math.log10(x_lo)) * (width - left - right)  # noqa: E731
-        x_labels = [f"{t:g}" for t in x_ticks]
-    else:
-        x_lo, x_hi, x_ticks, x_digits = _linear_ticks(min(xs), max(xs), integer=integer_x)
-        fx = lambda x: left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)  # noqa: E731
-        x_labels = [_tick_label(t, x_digits) for t in x_ticks]
-    y_lo, y_hi, y_ticks, y_digits = _linear_ticks(min(ys), max(ys))
-    fy = lambda y: top + (y_hi - y) / (y_hi - y_lo) * (height - top - bottom)  # noqa: E731
-    c = lambda v: f"{v:.1f}"  # noqa: E731
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}" font-family="system-ui, sans-serif" font-size="11">',
-        f"<title>{esc(title)}</title>",
-        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#ffffff" stroke="#c9ced8"/>',
-        f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" font-size="12" font-weight="600">{esc(title)}</text>',
-    ]
-    for t, label in zip(y_ticks, (_tick_label(t, y_digits) for t in y_ticks)):
-        y = c(fy(t))
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y}" y2="{y}" stroke="#eceff4"/>')
-        parts.append(f'<text x="{left - 6}" y="{y}" text-anchor="end" dominant-baseline="middle">{esc(label)}</text>')
-    for t, label in zip(x_ticks, x_labels):
-        x = c(fx(t))
-        parts.append(f'<line x1="{x}" x2="{x}" y1="{top}" y2="{height - bottom}" stroke="#eceff4"/>')
-        parts.append(f'<text x="{x}" y="{height - bottom + 15}" text-anchor="middle">{esc(label)}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 8}" text-anchor="middle">{esc(x_label)}</text>')
-    parts.append(f'<text x="14" y="{(top + height - bottom) / 2:.1f}" text-anchor="middle" transform="rotate(-90 14 {(top + height - bottom) / 2:.1f})">{esc(y_label)}</text>')
-    for line in lines:
-        dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
-        segments: list[list[str]] = [[]]
-        marks = []
-        for x, y in line.points:
-            if y is None or not math.isfinite(y) or (log_x and x <= 0):
-                segments.append([])
-                continue
-            segments[-1].append(f"{c(fx(x))},{c(fy(y))}")
-            if line.markers or len(line.points) == 1:
-                marks.append(f'<circle cx="{c(fx(x))}" cy="{c(fy(y))}" r="3" fill="{line.color}"><title>{esc(line.label)}: ({x:g}, {y:.4f})</title></circle>')
-        parts.append(f'<g class="series"><title>{esc(line.label)}</title>')
-        for seg in segments:
-            if len(seg) > 1:
-                parts.append(f'<polyline fill="none" stroke="{line.color}" stroke-width="2"{dash} points="{" ".join(seg)}"/>')
-        parts.extend(marks)
-        parts.append("</g>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def figure(svg: str, lines: list[Line], caption: str) -> str:
-    if not svg:
-        return ""
-    legend = "".join(
-        f'<li><span class="swatch" style="background:{line.color}"></span>{esc(line.label)}{" (" + esc(line.dash.replace(" ", "-")) + " dashes)" if line.dash else ""}</li>'
-        for line in lines
-    )
-    return f'<figure>{svg}<figcaption>{esc(caption)}<ul class="legend">{legend}</ul></figcaption></figure>'
 
 
 def svg_cd_diagram(ranks: list[tuple[str, float]], cd: float, *, title: str, width: int = 720) -> str:
@@ -365,54 +281,6 @@ def svg_cd_diagram(ranks: list[tuple[str, float]], cd: float, *, title: str, wid
     return "".join(parts)
 
 
-def _mean_curve(curves: list[list[float | None]]) -> list[float | None]:
-    """Index-wise mean over seeds, ignoring missing values."""
-    length = max((len(c) for c in curves), default=0)
-    out: list[float | None] = []
-    for i in range(length):
-        values = [c[i] for c in curves if i < len(c) and c[i] is not None]
-        out.append(math.fsum(values) / len(values) if values else None)
-    return out
-
-
-def _x_label(name: str, length: int, epochs: Any) -> tuple[str, int]:
-    """Per-epoch series are drawn against epochs 1..E; other series against their index."""
-    if name.endswith("_per_epoch") or (isinstance(epochs, int) and length == epochs):
-        return "epoch", 1
-    return "index", 0
-
-
-def series_plots(per_entry: list[tuple[str, list[dict[str, list[float | None]]]]], *, epochs: Any, markers: bool = False) -> list[str]:
-    """Plots for a list of (label, [series dict of each seed]): the per-class plot, then every series."""
-    colors = {label: (PALETTE[i % len(PALETTE)], DASHES[(i // len(PALETTE)) % len(DASHES)]) for i, (label, _) in enumerate(per_entry)}
-    names = sorted({name for _, runs in per_entry for series in runs for name in series})
-    figures = []
-    if PER_CLASS in names and CLASS_COUNTS in names:
-        lines = []
-        for label, runs in per_entry:
-            acc = _mean_curve([s[PER_CLASS] for s in runs if PER_CLASS in s and CLASS_COUNTS in s])
-            counts = _mean_curve([s[CLASS_COUNTS] for s in runs if PER_CLASS in s and CLASS_COUNTS in s])
-            points = sorted(((x, y) for x, y in zip(counts, acc) if x is not None), key=lambda p: p[0])
-            if points:
-                lines.append(Line(label, *colors[label], points, markers=True))
-        svg = svg_chart(lines, title="per-class accuracy by class frequency", x_label="training images of the class (log scale)", y_label="per-class test accuracy", log_x=True)
-        figures.append(figure(svg, lines, "Each point is one class: x its training-set count, y its test accuracy (mean over seeds)."))
-        names = [n for n in names if n not in (PER_CLASS, CLASS_COUNTS)]
-    names.sort(key=lambda n: (not n.endswith("_per_epoch"), n))
-    for name in names:
-        lines = []
-        for label, runs in per_entry:
-            curve = _mean_curve([s[name] for s in runs if name in s])
-            if curve:
-                x_label, first = _x_label(name, len(curve), epochs)
-                lines.append(Line(label, *colors[label], [(i + first, y) for i, y in enumerate(curve)], markers=markers))
-        if lines:
-            x_label, _ = _x_label(name, len(lines[0].points), epochs)
-            svg = svg_chart(lines, title=name, x_label=x_label, y_label=name, integer_x=True)
-            figures.append(figure(svg, lines, f"{name}: mean over seeds" if len(per_entry) > 1 or any(len(r) > 1 for _, r in per_entry) else name))
-    return [f for f in figures if f]
-
-
 # ---------------------------------------------------------------------------------------------
 # what the database and the catalog know
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +300,7 @@ class SiteData:
     suites: dict[str, Any]  # installed Suite objects by name
     methods: dict[str, Any]  # installed Method objects by name
     board_runs: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)  # protocol key -> runs
+    mcnemar: dict[tuple, dict[str, str]] = field(default_factory=dict)  # protocol key -> entry -> McNemar p text (runs with predictions)
 
     def protocol_key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in PROTOCOL_KEYS)
@@ -454,10 +323,19 @@ def load_site_data(con: Any, catalog: Any) -> SiteData:
         values = series[run_id].setdefault(name, [])
         values.extend([None] * (idx - len(values)))
         values.append(value)
-    boards = build_boards(con, baselines={name: s.baseline for name, s in suites.items()})
+    baselines = {name: s.baseline for name, s in suites.items()}
+    boards = build_boards(con, baselines=baselines)
+    if catalog is not None:
+        from harness.leaderboard import attach_reported
+        from harness.reported import collect_reported
+
+        attach_reported(boards, collect_reported(catalog))
     data = SiteData(runs, dict(metrics), dict(series), boards, suites, methods)
     for r in runs.values():
         data.board_runs.setdefault(data.protocol_key(r), []).append(r)
+    if any(has_disagreement(b) for b in boards):  # some runs stored predictions: McNemar's test beside the t-test
+        for b in build_boards(con, baselines=baselines, test="mcnemar"):
+            data.mcnemar[board_key(b)] = {e.method: comparison_text(b, e)[1] for e in b.entries}
     return data
 
 
@@ -469,140 +347,83 @@ def board_key(board: Board) -> tuple:
     return tuple(board.protocol[k] for k in PROTOCOL_KEYS)
 
 
+def changed_params(run: dict[str, Any]) -> list[str]:
+    """`method.param=value` for each hyper-parameter the run's spec sets away from its default."""
+    out = []
+    for m in run["spec"].get("methods", []):
+        if isinstance(m, dict) and isinstance(m.get("changed"), dict):
+            out += [f"{m.get('name')}.{k}={v}" for k, v in sorted(m["changed"].items())]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
-# page parts
+# page parts as data
 # ---------------------------------------------------------------------------------------------
 
-def stats_html(test: str = "t", correction: str = "holm") -> str:
-    """The footnote of the site's boards (the published boards use the defaults)."""
-    return (
-    "<p class=\"note\">Per entry: mean ± sample standard deviation over seeds (n = runs with status ok). "
-    "<strong>95% CI</strong>: Student t interval of the mean, mean ± t<sub>0.975, n-1</sub>·s/√n; undefined (-) for n = 1. "
-    "<strong>Δ vs baseline</strong>: mean paired difference of the primary metric from the suite's baseline on matching "
-    f"seeds (pairs = seeds both ran); <strong>p vs baseline</strong>: two-sided {esc(TEST_NAMES[test])}, {esc(CORRECTION_NAMES[correction])}; "
-    "▲/▼: better/worse than the baseline at p &lt; 0.05 after that correction. <strong>Rank</strong> is a rank group: entries sorted by mean, the first "
-    "leads group 1, each next entry joins the current group if its CI overlaps the group leader's CI, else it leads a "
-    "new group, so entries sharing a rank are statistically tied (an entry with one seed counts as the point at its "
-    "mean). <strong>failed</strong>: runs not ok (diverged included); <strong>diverged</strong>: of which diverged. "
-    "Click a column header to sort.</p>"
-    )
 
-
-STATS_HTML = stats_html()
-
-
-def suite_card(data: SiteData, suite: str, versions: list[str]) -> str:
+def suite_card(data: SiteData, suite: str, versions: list[str]) -> dict[str, Any]:
     """The protocol card of an installed suite, or what the database knows of one not installed."""
     s = data.suites.get(suite)
     if s is None:
         runs = sorted((r for r in data.runs.values() if r["suite"] == suite), key=lambda r: (str(r["suite_version"]), str(r["scale"]), r["run_id"]))
-        recipes = {}
+        recipes: dict[tuple, Any] = {}
         for r in runs:
             recipes.setdefault((r["suite_version"], r["scale"], r["recipe_id"]), r["spec"].get("recipe", {}))
-        parts = [f'<p class="warn">The protocol card is unavailable: suite <code>{esc(suite)}</code> is not installed here. What the database knows:</p>']
-        for (version, scale, rid), recipe in sorted(recipes.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-            parts.append(f"<h3>version {esc(version)}, scale={esc(scale)}, recipe {esc(rid)}</h3>{pretty_json(recipe)}")
-        return '<div class="card">' + "".join(parts) + "</div>"
+        return {"installed": False, "name": suite, "recipes": [
+            (f"version {v}, scale={sc}, recipe {rid}", pretty_json(recipe)) for (v, sc, rid), recipe in sorted(recipes.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+        ]}
     primary = s.metric(s.primary)
-    rows = [
-        ("summary", esc(s.summary)),
-        ("version", esc(s.version) + ("" if versions == [s.version] else f' <span class="muted">(the database holds version(s) {esc(", ".join(versions))})</span>')),
-        ("ranks", esc(", ".join(s.ranks))),
-        ("baseline", link(method_page(s.baseline), s.baseline)),
-        ("primary metric", f"{esc(s.primary)} ({'higher' if primary.higher_is_better else 'lower'} is better)"),
-        ("variant axes", esc(", ".join(f"{a.name} (default {a.default!r}): {a.doc}" for a in s.axes)) or "-"),
-        ("plugin", esc(f"{s.plugin} {s.plugin_version}")),
+    version = Cell(s.version + ("" if versions == [s.version] else f" (the database holds version(s) {', '.join(versions)})"))
+    facts = [
+        ("summary", Cell(s.summary)), ("version", version), ("ranks", Cell(", ".join(s.ranks))),
+        ("baseline", Cell(s.baseline, href=method_page(s.baseline))),
+        ("primary metric", Cell(f"{s.primary} ({'higher' if primary.higher_is_better else 'lower'} is better)")),
+        ("variant axes", Cell(", ".join(f"{a.name} (default {a.default!r}): {a.doc}" for a in s.axes) or "-")),
+        ("plugin", Cell(f"{s.plugin} {s.plugin_version}")),
     ]
-    metric_rows = [(esc(m.name), "↑ higher is better" if m.higher_is_better else "↓ lower is better", esc(m.doc)) for m in s.metrics]
-    recipe_rows = []
-    for scale in sorted(s.scales):
-        recipe = s.scales[scale]
-        fields = ", ".join(f"{k}={v}" for k, v in recipe.as_dict().items())
-        recipe_rows.append((esc(scale), esc(fields), esc(recipe.source or "-")))
-    return (
-        '<div class="card">'
-        + kv_table(rows)
-        + "<h3>Metrics</h3>" + table(["metric", "direction", "definition"], metric_rows)
-        + "<h3>Recipes</h3>" + table(["scale", "recipe", "source"], recipe_rows)
-        + (f"<h3>Protocol</h3>{markdown(s.card)}" if s.card else "")
-        + "</div>"
-    )
+    metrics = [Row([Cell(m.name), Cell("↑ higher is better" if m.higher_is_better else "↓ lower is better"), Cell(m.doc)]) for m in s.metrics]
+    recipes = [Row([Cell(scale), Cell(", ".join(f"{k}={v}" for k, v in s.scales[scale].as_dict().items())), Cell(s.scales[scale].source or "-")])
+               for scale in sorted(s.scales)]
+    return {"installed": True, "facts": facts, "metrics": metrics, "recipes": recipes, "protocol": markdown(s.card) if s.card else None}
 
 
-def leaders(board: Board) -> str:
-    tops = [e for e in board.entries if e.rank == 1]
-    if not tops:
-        return "-"
-    return ", ".join(f"{entry_html(board, e, None)} ({fmt(e.primary_mean)})" for e in tops)
+def runs_of(e: Entry) -> str:
+    """The stored entry whose runs a row shows: a tuned row's selected configuration, else the row itself."""
+    return e.tuned.selected if e.tuned is not None else e.method
 
 
-def entry_html(board: Board, e: Entry, data: SiteData | None) -> str:
-    """The entry name, linked to its method page(s)."""
-    names = sorted({m for r in (data.board_runs.get(board_key(board), []) if data else []) if r["entry"] == e.method for m in run_methods(r)})
+def entry_cell(data: SiteData, board: Board, e: Entry, cls: str = "") -> Cell:
+    """The entry name linked to its entry page (runs, hyper-parameters, curves), then links to the method pages of a combination."""
+    names = sorted({m for r in data.board_runs.get(board_key(board), []) if r["entry"] == runs_of(e) for m in run_methods(r)})
     if not names and "+" not in e.method and "[" not in e.method:
         names = [e.method]
-    if names == [e.method]:
-        return link(method_page(e.method), e.method)
-    if not names:
-        return esc(e.method)
-    return esc(e.method) + ' <span class="muted">(' + ", ".join(link(method_page(n), n) for n in names) + ")</span>"
+    links = [] if names == [e.method] else [(method_page(n), n) for n in names]  # an entry of one method: its entry page links the method
+    parts = Markup(", ").join(Markup('<a href="{}">{}</a>').format(href, text) for href, text in links)
+    more = Markup(' <span class="muted">({})</span>').format(parts) if links else Markup("")
+    return Cell(html=Markup('<a href="{}">{}</a>').format(entry_page(board.protocol, runs_of(e)), e.method) + more, cls=cls)
 
 
-def boards_table(data: SiteData, boards: list[Board]) -> str:
+def leaders(data: SiteData, board: Board) -> Cell:
+    tops = [e for e in board.entries if e.rank == 1]
+    if not tops:
+        return Cell("-")
+    return Cell(links=[(entry_page(board.protocol, runs_of(e)), f"{e.method} ({fmt(e.primary_mean)})") for e in tops])
+
+
+def boards_rows(data: SiteData, boards: list[Board]) -> list[Row]:
     rows = []
     for b in boards:
         p = b.protocol
         runs = data.board_runs.get(board_key(b), [])
         ok = sum(1 for r in runs if r["status"] == "ok")
-        rows.append(
-            [
-                link(board_page(p), f"v{p['suite_version']} · scale={p['scale']} · {p['variant']}"),
-                esc(f"{p['dataset']} / {p['model']}"),
-                esc(p["recipe_id"]),
-                leaders(b),
-                num_cell(str(len(b.entries)), len(b.entries)),
-                num_cell(f"{ok} ok / {len(runs)}", len(runs)),
-            ]
-        )
-    return table(["leaderboard (protocol)", "data / model", "recipe", "leader (rank 1)", "methods", "runs"], rows)
+        rows.append(Row([
+            Cell(f"v{p['suite_version']} · scale={p['scale']} · {p['variant']}", href=board_page(p)), Cell(f"{p['dataset']} / {p['model']}"),
+            Cell(p["recipe_id"]), leaders(data, b), num(str(len(b.entries)), len(b.entries)), num(f"{ok} ok / {len(runs)}", len(runs)),
+        ]))
+    return rows
 
 
-def board_table(data: SiteData, board: Board) -> str:
-    metrics = _metric_order(board)
-    runs = data.board_runs.get(board_key(board), [])
-    direction = {}
-    for e in board.entries:
-        for name, m in e.metrics.items():
-            direction[name] = m["higher_is_better"]
-    base = board.baseline or "baseline"
-    head = ["rank", "method"]
-    if metrics:
-        head += [f"{metrics[0]} {'↑' if direction[metrics[0]] else '↓'}", "95% CI", f"Δ vs {base}", p_header(board)]
-    head += [f"{n} {'↑' if direction[n] else '↓'}" for n in metrics[1:]] + ["n", "failed", "diverged", "runs (by seed)"]
-    rows = []
-    for e in board.entries:
-        row = [num_cell(str(e.rank) if e.rank is not None else "-", e.rank), f'<td class="method">{entry_html(board, e, data)}</td>']
-        if metrics:
-            m = e.metrics.get(metrics[0]) or {}
-            delta, p = comparison_text(board, e)
-            test = e.baseline_test
-            row += [
-                num_cell(_mean_std(m), m.get("mean")),
-                num_cell(ci_text(m), m.get("ci_low")),
-                num_cell(delta, test.mean_diff if test and test.n_pairs else None),
-                num_cell(p, e.p_corrected),
-            ]
-        for n in metrics[1:]:
-            m = e.metrics.get(n) or {}
-            row.append(num_cell(_mean_std(m), m.get("mean")))
-        row += [num_cell(str(e.ok), e.ok), num_cell(str(e.not_ok), e.not_ok), num_cell(str(e.diverged), e.diverged)]
-        entry_runs = sorted((r for r in runs if r["entry"] == e.method), key=lambda r: (r["seed"], r["run_id"]))
-        row.append(" ".join(link(run_page(r["run_id"]), f"s{r['seed']}" + ("" if r["status"] == "ok" else f" ({r['status']})")) for r in entry_runs))
-        classes = [f"rank-{'odd' if (e.rank or 0) % 2 else 'even'}"] + (["baseline"] if e.method == board.baseline else [])
-        rows.append((f'<tr class="{" ".join(classes)}">', row))
-    head_html = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join(tr + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>" for tr, row in rows)
-    return f'<div class="table-wrap"><table class="sortable leaderboard"><thead><tr>{head_html}</tr></thead><tbody>{body}</tbody></table></div>'
+BOARDS_HEADERS = ["leaderboard (protocol)", "data / model", "recipe", "leader (rank 1)", "methods", "runs"]
 
 
 def _mean_std(m: dict[str, Any]) -> str:
@@ -611,15 +432,78 @@ def _mean_std(m: dict[str, Any]) -> str:
     return f"{m['mean']:.4f} ± {m['std']:.4f}" if m.get("std") is not None else f"{m['mean']:.4f}"
 
 
-def failed_runs_html(runs: list[dict[str, Any]]) -> str:
+def board_table(data: SiteData, board: Board) -> tuple[list[str], list[Row], list[str]]:
+    """(headers, rows, notes) of a board's leaderboard table."""
+    metrics = _metric_order(board)
+    runs = data.board_runs.get(board_key(board), [])
+    direction = {name: m["higher_is_better"] for e in board.entries for name, m in e.metrics.items()}
+    base = board.baseline or "baseline"
+    head = ["rank", "method"]
+    with_reported = any(e.reported is not None for e in board.entries)
+    mcnemar = data.mcnemar.get(board_key(board), {})
+    with_mcnemar = any(v not in ("-", "- (no predictions)", "baseline") for v in mcnemar.values())
+    if metrics:
+        head += [f"{metrics[0]} {'↑' if direction[metrics[0]] else '↓'}", "95% CI", f"Δ vs {base}", p_header(board)]
+        head += [f"p vs {base} (McNemar, {'Holm'})"] if with_mcnemar else []
+        head += ["reported", "Δ reported"] if with_reported else []
+    head += [f"{n} {'↑' if direction[n] else '↓'}" for n in metrics[1:]]
+    with_disagreement = has_disagreement(board)
+    head += ["seed disagreement"] if with_disagreement else []
+    head += ["tuning"] if board.selections else []
+    head += ["non-default hyper-parameters", "n", "failed", "diverged", "runs (by seed)"]
+    rows = []
+    for e in board.entries:
+        entry_runs = sorted((r for r in runs if r["entry"] == runs_of(e)), key=lambda r: (r["seed"], r["run_id"]))
+        cells = [num(str(e.rank) if e.rank is not None else "-", e.rank), entry_cell(data, board, e, cls="method")]
+        if metrics:
+            m = e.metrics.get(metrics[0]) or {}
+            delta, p = comparison_text(board, e)
+            test = e.baseline_test
+            cells += [num(_mean_std(m), m.get("mean")), num(ci_text(m), m.get("ci_low")),
+                      num(delta, test.mean_diff if test and test.n_pairs else None), num(p, e.p_corrected)]
+            if with_mcnemar:
+                cells.append(Cell(mcnemar.get(e.method, "-"), cls="num nowrap"))
+            if with_reported:
+                r = e.reported
+                value = r.headline_value if r is not None else None
+                text = "-" if r is None else f"{value:.4f}" + ("" if r.comparable else " *")
+                title = "" if r is None else r.source + ("" if r.comparable else f" (protocol differs: {r.note})")
+                diff = e.diff_vs_reported
+                cells += [num(text, value, title=title), num("-" if diff is None else f"{diff:+.4f}", diff)]
+        for n in metrics[1:]:
+            m = e.metrics.get(n) or {}
+            cells.append(num(_mean_std(m), m.get("mean")))
+        if with_disagreement:
+            cells.append(num(disagreement_text(e), e.seed_disagreement))
+        if board.selections:
+            cells.append(Cell(board.tuning_text(e), cls="" if e.tuned is not None else "muted"))
+        params = sorted({p for r in entry_runs for p in changed_params(r)})
+        cells.append(Cell(", ".join(params) if params else "defaults", cls="" if params else "muted"))
+        cells += [num(str(e.ok), e.ok), num(str(e.not_ok), e.not_ok), num(str(e.diverged), e.diverged)]
+        cells.append(Cell(links=[(run_page(r["run_id"]), f"s{r['seed']}" + ("" if r["status"] == "ok" else f" ({r['status']})")) for r in entry_runs], sep=" "))
+        classes = [f"rank-{'odd' if (e.rank or 0) % 2 else 'even'}"] + (["baseline"] if e.method == board.baseline else [])
+        rows.append(Row(cells, " ".join(classes)))
+    notes = []
+    if with_mcnemar:
+        notes.append(f"p vs {base} (McNemar): {TEST_NAMES['mcnemar']}; Holm-adjusted over the board's comparisons.")
+    if with_disagreement:
+        notes.append(DISAGREEMENT_NOTE[0].upper() + DISAGREEMENT_NOTE[1:] + ".")
+    from harness.leaderboard import reported_note
+
+    sources = reported_note(board)
+    if sources:
+        notes += sources.splitlines()
+    if board.selections:
+        from harness import tuning
+
+        notes += tuning.note(board.selections).splitlines()
+    return head, rows, notes
+
+
+def failed_rows(runs: list[dict[str, Any]]) -> list[Row]:
     bad = sorted((r for r in runs if r["status"] != "ok"), key=lambda r: (r["entry"], r["seed"], r["run_id"]))
-    if not bad:
-        return ""
-    rows = [
-        [link(run_page(r["run_id"]), r["run_id"]), esc(r["entry"]), esc(r["seed"]), f'<span class="status-{esc(r["status"])}">{esc(r["status"])}</span>', esc(_first_line(r["error"]))]
-        for r in bad
-    ]
-    return f"<h2>Failed and diverged runs ({len(bad)})</h2>" + table(["run", "method", "seed", "status", "error"], rows)
+    return [Row([Cell(r["run_id"], href=run_page(r["run_id"])), Cell(r["entry"]), Cell(r["seed"]), Cell(r["status"], cls=f"status-{r['status']}"),
+                 Cell(_first_line(r["error"]))]) for r in bad]
 
 
 def _first_line(text: str | None) -> str:
@@ -627,14 +511,61 @@ def _first_line(text: str | None) -> str:
     return lines[-1][:200] if lines else "-"
 
 
-def card_version_note(data: SiteData, protocol: dict[str, Any]) -> str:
+def version_note(data: SiteData, protocol: dict[str, Any]) -> dict[str, Any]:
     s = data.suites.get(protocol["suite"])
-    card = link(suite_page(protocol["suite"]), f"{protocol['suite']} v{protocol['suite_version']}")
+    note = {"href": suite_page(protocol["suite"]), "text": f"{protocol['suite']} v{protocol['suite_version']}", "version": protocol["suite_version"]}
     if s is None:
-        return f'<p class="warn">Protocol card: {card} — unavailable (the suite is not installed here); the recipe below is what the runs stored.</p>'
-    if s.version != protocol["suite_version"]:
-        return f'<p class="warn">Protocol card: {card}. The installed card is version {esc(s.version)}; this table is version {esc(protocol["suite_version"])}, whose card may differ.</p>'
-    return f"<p>Protocol card: {card} (version {esc(s.version)}).</p>"
+        return {**note, "state": "missing"}
+    return {**note, "state": "same" if s.version == protocol["suite_version"] else "differs", "installed": s.version}
+
+
+# ---------------------------------------------------------------------------------------------
+# charts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chart:
+    title: str
+    caption: str
+    spec: dict[str, Any]
+    spec_id: str = ""
+
+
+def _x_axis(name: str, length: int, epochs: Any) -> tuple[str, int]:
+    """Per-epoch series are drawn against epochs 1..E; other series against their index."""
+    if name.endswith("_per_epoch") or (isinstance(epochs, int) and length == epochs):
+        return "epoch", 1
+    return "index", 0
+
+
+def series_charts(per_entry: list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]], *, epochs: Any, shown: list[str]) -> list[Chart]:
+    """The per-class chart, then one chart per stored series (per-epoch curves first)."""
+    entries = [label for label, _ in per_entry]
+    shown = [e for e in shown if e in entries] or entries[:SHOWN_LEADERS]
+    names = sorted({name for _, runs in per_entry for _, series in runs for name in series})
+    several = sum(len(runs) for _, runs in per_entry) > 1
+    out = []
+    if PER_CLASS in names and CLASS_COUNTS in names:
+        rows = plots.per_class_rows(per_entry, PER_CLASS, CLASS_COUNTS)
+        if rows:
+            spec = plots.line_chart(rows, entries=entries, shown=shown, x_title="training images of the class (log scale)", y_title="per-class test accuracy", log_x=True)
+            out.append(Chart("per-class accuracy by class frequency", "Each point is one class of one seed: x its training-set count (log scale), "
+                             "y its test accuracy; the line is the mean over seeds.", spec))
+        names = [n for n in names if n not in (PER_CLASS, CLASS_COUNTS)]
+    names.sort(key=lambda n: (not n.endswith("_per_epoch"), n))
+    for name in names:
+        length = max((len(s[name]) for _, runs in per_entry for _, s in runs if name in s), default=0)
+        x_title, first = _x_axis(name, length, epochs)
+        rows, reduced = plots.series_rows(per_entry, name, first=first)
+        if not rows:
+            continue
+        spec = plots.line_chart(rows, entries=entries, shown=shown, x_title=x_title, y_title=name, integer_x=not reduced, mean_line=several)
+        caption = f"{name}: " + ("mean over seeds (line) and each seed (points)" if several else "the stored values")
+        if reduced:
+            caption += f"; {length} values per run, drawn as {plots.MAX_POINTS} bucket means"
+        out.append(Chart(name, caption, spec))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,14 +574,20 @@ def card_version_note(data: SiteData, protocol: dict[str, Any]) -> str:
 
 
 class Site:
-    def __init__(self, data: SiteData, template: string.Template):
+    def __init__(self, data: SiteData, env: Any):
         self.data = data
-        self.template = template
+        self.env = env
         self.pages: dict[str, str] = {}
+        self.files: dict[str, bytes] = {}  # downloads beside the pages
 
-    def page(self, name: str, title: str, body: str, crumbs: list[tuple[str, str]] = ()) -> None:
-        crumb_html = " / ".join(link(href, text) for href, text in crumbs)
-        self.pages[name] = self.template.substitute(title=esc(title), body=body, crumbs=crumb_html)
+    def page(self, file_name: str, template: str, title: str, crumbs: list[tuple[str, str]] = (), charts: list[Chart] = (), **context: Any) -> None:
+        specs = []
+        for i, chart in enumerate(charts):
+            chart.spec_id = f"chart-{i}"
+            specs.append({"id": chart.spec_id, "json": Markup(plots.spec_json(chart.spec))})  # escaped for a script block by spec_json
+        self.pages[file_name] = self.env.get_template(template).render(
+            title=title, crumbs=list(crumbs), chart_specs=specs, charts=list(charts), test_name=TEST_NAMES["t"], correction_name=CORRECTION_NAMES["holm"], **context,
+        )
 
     # -- the whole site ---------------------------------------------------------------------------
     def build(self) -> dict[str, str]:
@@ -659,17 +596,30 @@ class Site:
         boards_by_suite: dict[str, list[Board]] = defaultdict(list)
         for b in d.boards:
             boards_by_suite[b.protocol["suite"]].append(b)
+        self.downloads()
         self.index(suites, boards_by_suite)
         for suite in suites:
             self.suite(suite, boards_by_suite[suite])
         for b in d.boards:
             self.board(b)
+            for e in b.entries:
+                if e.tuned is None:  # a tuned row links to the page of the configuration it selected
+                    self.entry(b, e)
         for name in sorted(set(d.methods) | {m for r in d.runs.values() for m in run_methods(r)}):
             self.method(name)
         for run in d.runs.values():
             self.run(run)
         self.aggregate()
         return self.pages
+
+    def downloads(self) -> None:
+        from harness.tables import leaderboard_csv, leaderboard_frame, parquet_bytes
+
+        for b in self.data.boards:
+            self.files[board_page(b.protocol, "csv")] = leaderboard_csv([b])
+            self.files[board_page(b.protocol, "parquet")] = parquet_bytes(leaderboard_frame([b]))
+        self.files[f"{ALL_BOARDS}.csv"] = leaderboard_csv(self.data.boards) if self.data.boards else b""
+        self.files[f"{ALL_BOARDS}.parquet"] = parquet_bytes(leaderboard_frame(self.data.boards))
 
     def _versions(self, suite: str) -> list[str]:
         return sorted({str(r["suite_version"]) for r in self.data.runs.values() if r["suite"] == suite})
@@ -678,148 +628,152 @@ class Site:
         d = self.data
         runs = list(d.runs.values())
         methods = sorted(set(d.methods) | {m for r in runs for m in run_methods(r)})
-        body = [
-            f"<p>{len(suites)} suite(s), {len(d.boards)} leaderboard(s), {len(methods)} method(s), {len(runs)} run(s) "
-            f"({sum(r['status'] == 'ok' for r in runs)} ok, {sum(r['status'] == 'diverged' for r in runs)} diverged, "
-            f"{sum(r['status'] not in ('ok', 'diverged') for r in runs)} failed or timed out).</p>",
-            STATS_HTML,
-            f"<p>{link(AGGREGATE_PAGE, 'Across suites')}: one ranking of every method over all {len(d.boards)} leaderboard(s) "
-            "(average rank, Friedman test and critical-difference diagram, IQM of normalised scores, probability of "
-            "improvement over the baseline, performance profiles).</p>",
-        ]
-        if not suites:
-            body.append('<p class="warn">The database holds no runs yet.</p>')
+        summary = (f"{len(suites)} suite(s), {len(d.boards)} leaderboard(s), {len(methods)} method(s), {len(runs)} run(s) "
+                   f"({sum(r['status'] == 'ok' for r in runs)} ok, {sum(r['status'] == 'diverged' for r in runs)} diverged, "
+                   f"{sum(r['status'] not in ('ok', 'diverged') for r in runs)} failed or timed out).")
+        suite_parts = []
         for suite in suites:
             suite_runs = [r for r in runs if r["suite"] == suite]
-            entries = {r["entry"] for r in suite_runs}
-            body.append(f'<section class="suite"><h2>{link(suite_page(suite), suite)}</h2>')
-            body.append(f"<p>{len(entries)} method(s) · {len(suite_runs)} run(s) · versions {esc(', '.join(self._versions(suite)))}</p>")
-            body.append("<h3>Leaderboards</h3>" + boards_table(d, boards_by_suite[suite]))
-            body.append("<h3>Protocol card</h3>" + suite_card(d, suite, self._versions(suite)))
-            body.append("</section>")
-        rows = []
+            suite_parts.append({
+                "name": suite, "href": suite_page(suite), "boards": boards_rows(d, boards_by_suite[suite]), "card": suite_card(d, suite, self._versions(suite)),
+                "summary": f"{len({r['entry'] for r in suite_runs})} method(s) · {len(suite_runs)} run(s) · versions {', '.join(self._versions(suite))}",
+            })
+        method_rows = []
         for name in methods:
             m = d.methods.get(name)
-            rows.append([link(method_page(name), name), esc(m.kind if m else "-"), esc(m.summary if m else "not installed"), esc(f"{m.plugin} {m.plugin_version}" if m else "-")])
-        body.append("<h2>Methods</h2>" + table(["method", "kind", "summary", "plugin"], rows, sortable=True))
-        self.page("index.html", "harness leaderboards", "\n".join(body))
+            method_rows.append(Row([Cell(name, href=method_page(name)), Cell(m.kind if m else "-"), Cell(m.summary if m else "not installed"),
+                                    Cell(f"{m.plugin} {m.plugin_version}" if m else "-")]))
+        self.page("index.html", "index.html", "harness leaderboards", summary=summary, aggregate_page=AGGREGATE_PAGE, board_count=len(d.boards),
+                  suites=suite_parts, boards_headers=BOARDS_HEADERS, methods=method_rows,
+                  downloads=[(f"{ALL_BOARDS}.csv", "every leaderboard (CSV)"), (f"{ALL_BOARDS}.parquet", "every leaderboard (Parquet)")])
 
     def suite(self, suite: str, boards: list[Board]) -> None:
-        d = self.data
-        body = [
-            "<h2>Leaderboards</h2>",
-            "<p>One table per protocol: suite version, scale, variant, dataset, model and recipe. Results of different protocols are never ranked together.</p>",
-            boards_table(d, boards),
-            "<h2>Protocol card</h2>",
-            suite_card(d, suite, self._versions(suite)),
-        ]
-        self.page(suite_page(suite), f"suite {suite}", "\n".join(body))
+        self.page(suite_page(suite), "suite.html", f"suite {suite}", boards=boards_rows(self.data, boards), boards_headers=BOARDS_HEADERS,
+                  card=suite_card(self.data, suite, self._versions(suite)))
+
+    def _per_entry(self, board: Board, entries: list[str]) -> list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]]:
+        runs = self.data.board_runs.get(board_key(board), [])
+        by_entry: dict[str, list[tuple[int, dict[str, list[float | None]]]]] = defaultdict(list)
+        for r in sorted(runs, key=lambda r: (r["seed"], r["run_id"])):
+            if r["status"] == "ok" and r["entry"] in entries:
+                by_entry[r["entry"]].append((r["seed"], self.data.series.get(r["run_id"], {})))
+        return [(e, by_entry[e]) for e in entries if by_entry.get(e)]
 
     def board(self, b: Board) -> None:
         d = self.data
         p = b.protocol
         runs = d.board_runs.get(board_key(b), [])
         recipe = next((r["spec"].get("recipe") for r in sorted(runs, key=lambda r: r["run_id"])), {})
-        protocol_rows = [
-            ("suite", link(suite_page(p["suite"]), p["suite"]) + f" version {esc(p['suite_version'])}"),
-            ("scale", esc(p["scale"])), ("variant", esc(p["variant"])), ("dataset / model", esc(f"{p['dataset']} / {p['model']}")),
-            ("recipe", esc(p["recipe_id"]) + f" <code>{esc(json.dumps(recipe, sort_keys=True))}</code>"),
-            ("baseline", link(method_page(b.baseline), b.baseline) if b.baseline else "none (suite not installed)"),
+        protocol = [
+            ("suite", Cell(html=Markup('<a href="{}">{}</a> version {}').format(suite_page(p["suite"]), p["suite"], p["suite_version"]))),
+            ("scale", Cell(p["scale"])), ("variant", Cell(p["variant"])), ("dataset / model", Cell(f"{p['dataset']} / {p['model']}")),
+            ("recipe", Cell(html=Markup("{} <code>{}</code>").format(p["recipe_id"], json.dumps(recipe, sort_keys=True)))),
+            ("baseline", Cell(b.baseline, href=method_page(b.baseline)) if b.baseline else Cell("none (suite not installed)")),
         ]
-        ok_runs: dict[str, list[dict[str, list[float | None]]]] = defaultdict(list)
-        for r in sorted(runs, key=lambda r: (r["seed"], r["run_id"])):
-            if r["status"] == "ok":
-                ok_runs[r["entry"]].append(d.series.get(r["run_id"], {}))
-        per_entry = [(e.method, ok_runs[e.method]) for e in b.entries if ok_runs.get(e.method)]
-        plots = series_plots(per_entry, epochs=recipe.get("epochs") if isinstance(recipe, dict) else None)
-        body = [
-            card_version_note(d, p),
-            kv_table(protocol_rows),
-            "<h2>Leaderboard</h2>",
-            board_table(d, b),
-            STATS_HTML,
-            failed_runs_html(runs),
-            "<h2>Plots</h2>",
-            f'<div class="plots">{"".join(plots)}</div>' if plots else '<p class="muted">No stored series to plot.</p>',
-        ]
+        headers, rows, notes = board_table(d, b)
+        entries = [e.method for e in b.entries]
+        shown = [e.method for e in b.entries if e.rank == 1][:SHOWN_LEADERS] + ([b.baseline] if b.baseline in entries else [])
+        charts = series_charts(self._per_entry(b, entries), epochs=recipe.get("epochs") if isinstance(recipe, dict) else None, shown=list(dict.fromkeys(shown)))
         title = f"{p['suite']} v{p['suite_version']} · scale={p['scale']} · {p['variant']}"
-        self.page(board_page(p), title, "\n".join(body), [(suite_page(p["suite"]), p["suite"])])
+        self.page(board_page(p), "board.html", title, [(suite_page(p["suite"]), p["suite"])], charts, version_note=version_note(d, p), protocol=protocol,
+                  headers=headers, rows=rows, notes=notes, failed=failed_rows(runs),
+                  downloads=[(board_page(p, "csv"), "this leaderboard (CSV)"), (board_page(p, "parquet"), "(Parquet)")])
+
+    def entry(self, b: Board, e: Entry) -> None:
+        d = self.data
+        p = b.protocol
+        runs = sorted((r for r in d.board_runs.get(board_key(b), []) if r["entry"] == e.method), key=lambda r: (r["seed"], r["run_id"]))
+        pm = e.metrics.get(e.primary) or {}
+        delta, pv = comparison_text(b, e)
+        facts = [
+            ("leaderboard", Cell(f"{p['suite']} v{p['suite_version']} · scale={p['scale']} · {p['variant']}", href=board_page(p))),
+            ("rank", Cell(str(e.rank) if e.rank is not None else "-")),
+            (e.primary, Cell(f"{_mean_std(pm)}  95% CI {ci_text(pm)}")),
+            (f"vs {b.baseline or 'baseline'}", Cell(f"Δ {delta}, p {pv}")),
+            ("seed disagreement", Cell(disagreement_text(e))),
+            ("methods", Cell(links=[(method_page(n), n) for n in sorted({m for r in runs for m in run_methods(r)})])),
+        ]
+        params, seen = [], set()
+        for r in runs:
+            for m in r["spec"].get("methods", []):
+                if not isinstance(m, dict) or m.get("name") in seen:
+                    continue
+                seen.add(m.get("name"))
+                installed = d.methods.get(m.get("name"))
+                defaults = {q.name: q.default for q in installed.params} if installed else {}
+                changed = m.get("changed") if isinstance(m.get("changed"), dict) else {}
+                for k, v in sorted((m.get("params") or {}).items()):
+                    params.append(Row([Cell(m.get("name")), Cell(k), Cell(repr(v)), Cell(repr(defaults[k]) if k in defaults else "-"),
+                                       Cell("set" if k in changed else "default", cls="" if k in changed else "muted")], "rank-odd" if k in changed else ""))
+        metric_names = _metric_order(b)
+        run_rows = []
+        for r in runs:
+            values = {n: v for n, v, _ in d.metrics.get(r["run_id"], [])}
+            run_rows.append(Row([Cell(r["run_id"], href=run_page(r["run_id"])), num(str(r["seed"]), r["seed"]), Cell(r["status"], cls=f"status-{r['status']}"),
+                                 *(num(fmt(values.get(n)), values.get(n)) for n in metric_names),
+                                 num("-" if r["duration_s"] is None else f"{r['duration_s']:.1f} s", r["duration_s"])]))
+        charts = series_charts([(f"seed {seed}", [(seed, s)]) for seed, s in self._per_entry(b, [e.method])[0][1]] if self._per_entry(b, [e.method]) else [],
+                               epochs=(runs[0]["spec"].get("recipe", {}).get("epochs") if runs else None), shown=[f"seed {r['seed']}" for r in runs])
+        self.page(entry_page(p, e.method), "entry.html", f"{e.method} on {p['suite']} · {p['variant']}",
+                  [(suite_page(p["suite"]), p["suite"]), (board_page(p), f"{p['scale']} · {p['variant']}")], charts,
+                  facts=facts, params=params, run_headers=["run", "seed", "status", *metric_names, "duration"], runs=run_rows)
 
     def method(self, name: str) -> None:
         d = self.data
         m = d.methods.get(name)
-        body = []
+        context: dict[str, Any] = {"method_name": name, "installed": m is not None, "facts": [], "params": [], "seen": []}
         if m is not None:
-            rows = [
-                ("kind", esc(m.kind)), ("summary", esc(m.summary)), ("paper", esc(m.paper) or "-"),
-                ("url", external_link(m.url) if m.url else "-"), ("method version", esc(m.version)),
-                ("plugin package", esc(f"{m.plugin} {m.plugin_version}")),
+            context["facts"] = [
+                ("kind", Cell(m.kind)), ("summary", Cell(m.summary)), ("paper", Cell(m.paper or "-")), ("url", external(m.url) if m.url else Cell("-")),
+                ("method version", Cell(m.version)), ("plugin package", Cell(f"{m.plugin} {m.plugin_version}")),
             ]
-            body.append(kv_table(rows))
-            params = [
-                [esc(p.name), esc(p.type_name), esc(repr(p.default)), esc(p.describe_valid()), esc(p.doc)]
-                for p in m.params
-            ]
-            body.append("<h2>Hyper-parameters</h2>" + (table(["name", "type", "default", "valid", "doc"], params) if params else "<p>none</p>"))
+            context["params"] = [Row([Cell(q.name), Cell(q.type_name), Cell(repr(q.default)), Cell(q.describe_valid()), Cell(q.search.describe() if q.search else "-"), Cell(q.doc)])
+                                 for q in m.params]
         else:
-            seen = sorted(
+            context["seen"] = [json.dumps(json.loads(s), indent=2, sort_keys=True) for s in sorted(
                 {json.dumps({k: v for k, v in spec_m.items() if k in ("kind", "version", "params")}, sort_keys=True)
                  for r in d.runs.values() for spec_m in r["spec"].get("methods", []) if isinstance(spec_m, dict) and spec_m.get("name") == name}
-            )
-            body.append(f'<p class="warn">Method <code>{esc(name)}</code> is not installed here: no summary, paper or plugin information. What the stored runs say:</p>')
-            body.extend(pretty_json(json.loads(s)) for s in seen)
+            )]
         rows = []
         for b in d.boards:
             runs = d.board_runs.get(board_key(b), [])
             for e in b.entries:
-                if not any(r["entry"] == e.method and name in run_methods(r) for r in runs):
+                if e.tuned is not None or not any(r["entry"] == e.method and name in run_methods(r) for r in runs):
                     continue
                 pm = e.metrics.get(e.primary) or {}
                 delta, pv = comparison_text(b, e)
-                rows.append(
-                    [
-                        link(suite_page(b.protocol["suite"]), f"{b.protocol['suite']} v{b.protocol['suite_version']}"),
-                        link(board_page(b.protocol), f"scale={b.protocol['scale']} · {b.protocol['variant']} · {b.protocol['dataset']}/{b.protocol['model']} · {b.protocol['recipe_id']}"),
-                        esc(e.method), num_cell(str(e.rank) if e.rank is not None else "-", e.rank), esc(e.primary),
-                        num_cell(_mean_std(pm), pm.get("mean")), num_cell(ci_text(pm), pm.get("ci_low")),
-                        esc(delta), esc(pv), num_cell(str(e.ok), e.ok), num_cell(str(e.not_ok), e.not_ok),
-                    ]
-                )
-        body.append("<h2>Results</h2>")
-        body.append(table(["suite", "leaderboard", "entry", "rank", "metric", "mean ± std", "95% CI", "Δ vs baseline", "p vs baseline (corrected)", "n", "failed"], rows, sortable=True) if rows else "<p>No stored results.</p>")
-        self.page(method_page(name), f"method {name}", "\n".join(body))
+                p = b.protocol
+                rows.append(Row([
+                    Cell(f"{p['suite']} v{p['suite_version']}", href=suite_page(p["suite"])),
+                    Cell(f"scale={p['scale']} · {p['variant']} · {p['dataset']}/{p['model']} · {p['recipe_id']}", href=board_page(p)),
+                    Cell(e.method, href=entry_page(p, e.method)), num(str(e.rank) if e.rank is not None else "-", e.rank), Cell(e.primary),
+                    num(_mean_std(pm), pm.get("mean")), num(ci_text(pm), pm.get("ci_low")), Cell(delta), Cell(pv), num(str(e.ok), e.ok), num(str(e.not_ok), e.not_ok),
+                ]))
+        headers = ["suite", "leaderboard", "entry", "rank", "metric", "mean ± std", "95% CI", "Δ vs baseline", "p vs baseline (corrected)", "n", "failed"]
+        self.page(method_page(name), "method.html", f"method {name}", results=rows, results_headers=headers, **context)
 
     def run(self, r: dict[str, Any]) -> None:
         d = self.data
         key = d.protocol_key(r)
         board = next((b for b in d.boards if board_key(b) == key), None)
         methods = run_methods(r)
-        rows = [
-            ("run id", esc(r["run_id"])),
-            ("status", f'<span class="status-{esc(r["status"])}">{esc(r["status"])}</span>'),
-            ("suite", link(suite_page(r["suite"]), r["suite"]) + f" version {esc(r['suite_version'])}"),
-            ("leaderboard", link(board_page(board.protocol), f"scale={r['scale']} · {r['variant']}") if board else "-"),
-            ("entry", esc(r["entry"]) + (" (" + ", ".join(link(method_page(n), n) for n in methods) + ")" if methods else "")),
-            ("seed", esc(r["seed"])), ("dataset / model", esc(f"{r['dataset']} / {r['model']}")),
-            ("duration", "-" if r["duration_s"] is None else esc(f"{r['duration_s']:.1f} s")),
-            ("started / finished", esc(f"{r['started_at'] or '-'} / {r['finished_at'] or '-'}")),
+        entry = Cell(r["entry"], href=entry_page(board.protocol, r["entry"])) if board and any(e.method == r["entry"] for e in board.entries) else Cell(r["entry"])
+        facts = [
+            ("run id", Cell(r["run_id"])), ("status", Cell(html=Markup('<span class="status-{0}">{0}</span>').format(r["status"]))),
+            ("suite", Cell(html=Markup('<a href="{}">{}</a> version {}').format(suite_page(r["suite"]), r["suite"], r["suite_version"]))),
+            ("leaderboard", Cell(f"scale={r['scale']} · {r['variant']}", href=board_page(board.protocol)) if board else Cell("-")),
+            ("entry", entry), ("methods", Cell(links=[(method_page(n), n) for n in methods]) if methods else Cell("-")),
+            ("non-default hyper-parameters", Cell(", ".join(changed_params(r)) or "defaults")),
+            ("seed", Cell(r["seed"])), ("dataset / model", Cell(f"{r['dataset']} / {r['model']}")),
+            ("duration", Cell("-" if r["duration_s"] is None else f"{r['duration_s']:.1f} s")),
+            ("started / finished", Cell(f"{r['started_at'] or '-'} / {r['finished_at'] or '-'}")),
         ]
-        body = [kv_table(rows)]
-        if r["error"]:
-            body.append(f"<h2>Error</h2><pre>{esc(r['error'])}</pre>")
-        metric_rows = [[esc(n), num_cell(fmt(v, 6), v), "↑ higher" if hib else "↓ lower"] for n, v, hib in d.metrics.get(r["run_id"], [])]
-        if metric_rows:
-            body.append("<h2>Metrics</h2>" + table(["metric", "value", "better"], metric_rows))
+        metrics = [Row([Cell(n), num(fmt(v, 6), v), Cell("↑ higher" if hib else "↓ lower")]) for n, v, hib in d.metrics.get(r["run_id"], [])]
         series = d.series.get(r["run_id"], {})
-        plots = series_plots([(r["entry"], [series])], epochs=r["spec"].get("recipe", {}).get("epochs"), markers=True) if series else []
-        if plots:
-            body.append("<h2>Curves</h2>" + f'<div class="plots">{"".join(plots)}</div>')
-        body.append("<h2>Spec</h2>" + pretty_json(r["spec"]))
-        body.append("<h2>Provenance</h2>" + pretty_json(r["provenance"]))
-        if r["info"]:
-            body.append("<h2>Info</h2>" + pretty_json(r["info"]))
+        charts = series_charts([(r["entry"], [(r["seed"], series)])], epochs=r["spec"].get("recipe", {}).get("epochs"), shown=[r["entry"]]) if series else []
         crumbs = [(suite_page(r["suite"]), r["suite"])] + ([(board_page(board.protocol), f"{r['scale']} · {r['variant']}")] if board else [])
-        self.page(run_page(r["run_id"]), f"run {r['run_id']}", "\n".join(body), crumbs)
+        self.page(run_page(r["run_id"]), "run.html", f"run {r['run_id']}", crumbs, charts, facts=facts, error=cut(r["error"]) if r["error"] else None,
+                  metrics=metrics, spec=pretty_json(r["spec"]), provenance=pretty_json(r["provenance"]), info=pretty_json(r["info"]) if r["info"] else None)
 
     def aggregate(self) -> None:
         """One ranking across every board (harness.aggregate), with its diagrams."""
@@ -827,39 +781,34 @@ class Site:
 
         d = self.data
         agg = agg_mod.aggregate(d.boards)
-        body = [f"<p>{esc(agg_mod.headline(agg))}.</p>", f'<p class="note"><strong>Score normalisation</strong>: {esc(agg_mod.NORMALISATION_NOTE)}.</p>']
-        if agg.notes:
-            body.append('<div class="warn"><p>Left out:</p><ul>' + "".join(f"<li>{esc(n)}</li>" for n in agg.notes) + "</ul></div>")
-        rows = []
+        ranking = []
         for s in agg.methods:
-            rows.append([
-                f'<td class="method">{link(method_page(s.method), s.method) if "+" not in s.method else esc(s.method)}</td>',
-                num_cell(str(s.boards), s.boards), num_cell(f"{s.avg_rank:.2f}", s.avg_rank),
-                num_cell(agg_mod._fmt(s.friedman_rank, 2), s.friedman_rank), num_cell(agg_mod._fmt(s.iqm), s.iqm),
-                num_cell(agg_mod.interval_text(s), s.iqm_low),
-                num_cell("-" if s.p_improvement is None else f"{s.p_improvement:.2f} ({s.improvement_boards})", s.p_improvement),
-                *(num_cell(agg_mod._fmt(agg_mod.profile_at(s, t), 2), agg_mod.profile_at(s, t)) for t in agg_mod.TABLE_TAUS),
-            ])
+            ranking.append(Row([
+                Cell(s.method, href=method_page(s.method) if "+" not in s.method else None, cls="method"),
+                num(str(s.boards), s.boards), num(f"{s.avg_rank:.2f}", s.avg_rank),
+                num(agg_mod._fmt(s.friedman_rank, 2), s.friedman_rank), num(agg_mod._fmt(s.iqm), s.iqm),
+                num(agg_mod.interval_text(s), s.iqm_low),
+                num("-" if s.p_improvement is None else f"{s.p_improvement:.2f} ({s.improvement_boards})", s.p_improvement),
+                *(num(agg_mod._fmt(agg_mod.profile_at(s, t), 2), agg_mod.profile_at(s, t)) for t in agg_mod.TABLE_TAUS),
+            ]))
         headers = ["method", "boards", "avg rank", "Friedman rank", "IQM (normalised)", "95% CI (stratified bootstrap)", "P(> baseline) (boards)", *(f"profile τ={t:g}" for t in agg_mod.TABLE_TAUS)]
-        body.append("<h2>Ranking</h2>" + (table(headers, rows, sortable=True) if rows else "<p>No board ranks two entries yet.</p>"))
-        body.append("<h2>Critical-difference diagram</h2>" + f"<p>{esc(agg.friedman_note)}</p>")
+        cd_svg = None
         if agg.critical_difference is not None:
             ranks = [(s.method, s.friedman_rank) for s in agg.methods if s.friedman_rank is not None]
-            svg = svg_cd_diagram(ranks, agg.critical_difference, title=f"average ranks on {agg.friedman.boards} boards (1 = best)")
-            body.append(f"<figure>{svg}<figcaption>{esc('Each method at its average rank over the boards that rank all of them; a red line joins methods whose ranks differ by less than the critical difference (not significantly different, Nemenyi test at α = 0.05).')}</figcaption></figure>")
+            cd_svg = Markup(svg_cd_diagram(ranks, agg.critical_difference, title=f"average ranks on {agg.friedman.boards} boards (1 = best)"))  # escaped inside
+        charts = []
         profiled = [s for s in agg.methods if s.profile is not None]
         if profiled:
-            lines = [Line(s.method, PALETTE[i % len(PALETTE)], DASHES[(i // len(PALETTE)) % len(DASHES)], list(zip(agg.taus, s.profile)), markers=True) for i, s in enumerate(profiled)]
-            svg = svg_chart(lines, title="performance profiles", x_label="τ (normalised score: 0 = baseline, 1 = best entry)", y_label="fraction of boards with score ≥ τ")
-            caption = "For each τ, the fraction of a method's boards on which its mean normalised score is at least τ."
-            body.append("<h2>Performance profiles</h2>" + f'<div class="plots">{figure(svg, lines, caption)}</div>')
-        board_rows = [
-            [link(board_page(t.protocol), t.title), esc(t.baseline or "-"), "yes" if t.span is not None else esc(f"no: {t.left_out}")]
-            for t in agg.tasks
-        ]
-        body.append("<h2>Boards</h2>" + table(["leaderboard", "baseline", "in the normalised statistics"], board_rows))
-        body.append('<p class="note">' + "<br>".join(esc(n) for n in agg_mod.footnote(agg)) + "</p>")
-        self.page(AGGREGATE_PAGE, "across suites: one ranking of every method", "\n".join(body))
+            rows = [{"entry": s.method, "seed": "-", "x": round(float(t), 6), "value": round(float(v), 6)} for s in profiled for t, v in zip(agg.taus, s.profile)]
+            names = [s.method for s in profiled]
+            spec = plots.line_chart(rows, entries=names, shown=names[:SHOWN_LEADERS], x_title="τ (normalised score: 0 = baseline, 1 = best entry)",
+                                    y_title="fraction of boards with score ≥ τ", mean_line=False)
+            charts.append(Chart("performance profiles", "For each τ, the fraction of a method's boards on which its mean normalised score is at least τ "
+                                "(the best five by average rank drawn first; the legend shows or hides a method).", spec))
+        boards = [Row([Cell(t.title, href=board_page(t.protocol)), Cell(t.baseline or "-"), Cell("yes" if t.span is not None else f"no: {t.left_out}")]) for t in agg.tasks]
+        self.page(AGGREGATE_PAGE, "aggregate.html", "across suites: one ranking of every method", charts=charts, headline=agg_mod.headline(agg),
+                  normalisation=agg_mod.NORMALISATION_NOTE, left_out=agg.notes, ranking=ranking, ranking_headers=headers, friedman_note=agg.friedman_note,
+                  cd_svg=cd_svg, boards=boards, footnote=agg_mod.footnote(agg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,14 +838,24 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def environment(src: Path) -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(src)), autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False, keep_trailing_newline=True,
+    )
+
+
 def render_site(con: Any, catalog: Any) -> dict[str, bytes]:
     """Every file of the site by relative path (pure: the same database gives the same bytes)."""
     src = assets_dir()
-    template = string.Template((src / TEMPLATE).read_text(encoding="utf-8"))
-    pages = Site(load_site_data(con, catalog), template).build()
+    site = Site(load_site_data(con, catalog), environment(src))
+    pages = site.build()
     files = {name: text.encode("utf-8") for name, text in pages.items()}
+    files.update(site.files)
     for asset in ASSETS:
         files[f"assets/{asset}"] = (src / asset).read_bytes()
+    files[f"assets/{VEGA_ASSET}"] = vega_bundle()
     files[MARKER] = MARKER_TEXT.encode("utf-8")
     return files
 

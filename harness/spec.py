@@ -6,11 +6,15 @@ whenever the same cell is asked for again.
 
 Keys (everything else is an error that lists the valid keys):
 - `suite=NAME` (required), `scale=tiny|paper`, `results=DIR`, `device=auto|cpu|cuda`
-- execution (not part of a run's identity): `jobs=N`, `executor=local|ray`, `address=...`,
-  `timeout=SECONDS`, `retries=N`, `compile=true`
+- execution (not part of a run's identity): `jobs=N`, `executor=local|ray|slurm`, `address=...`,
+  `timeout=SECONDS`, `retries=N`, `compile=true`, `threads=N` (torch threads per run; default:
+  the CPUs this process may use, minus busy neighbours, shared among the workers)
 - `method=a,b+c` entries (a `+` combines methods of different kinds into one entry; the core
   refuses, before training, two methods that own one role of the training step)
 - `seed=0,1,2` or `seeds=N` (seeds 0..N-1)
+- `tune=N`: besides each entry's default configuration, N configurations drawn from its methods'
+  search distributions (`Param.search`), the same N draws for every entry holding a method; the
+  leaderboard selects among them on the suite's validation metric (never the test split)
 - recipe keys: dataset, model, epochs, batch_size, lr, momentum, weight_decay, warmup_epochs
 - the suite's own axes (e.g. `ratio=10,100` for long_tail)
 - a method's hyper-parameters: `focal.gamma=1,2`
@@ -26,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 from harness.method import MethodRef
-from harness.params import Param
+from harness.params import Param, tuning_draw
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.suite import Suite
 
-SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries", "compile"}
+SESSION_KEYS = {"suite", "scale", "results", "device", "method", "seed", "seeds", "format", "jobs", "executor", "address", "timeout", "retries", "compile", "tune", "threads"}
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -141,10 +145,12 @@ def _thaw(value: Any) -> Any:
 
 
 def default_entries(catalog: Catalog, suite: Suite) -> list[str]:
-    """Every installed method of the suite's default kinds (alone; an entry without a loss trains
-    with the suite's baseline loss)."""
+    """The suite's own `default_entries`, else every installed method of its default kinds (alone;
+    an entry without a loss trains with the suite's baseline loss)."""
+    if suite.default_entries is not None:
+        return list(dict.fromkeys(suite.default_entries(catalog)))
     kinds = suite.default_kind_names(catalog)
-    return [m.name for m in catalog.methods if m.kind in kinds and (not m.suites or suite.name in m.suites)]
+    return [m.name for m in catalog.methods if m.kind in kinds and m.default_grid and (not m.suites or suite.name in m.suites)]
 
 
 def entry_refs(catalog: Catalog, entry: str) -> tuple[MethodRef, ...]:
@@ -212,6 +218,11 @@ def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list
             raise HarnessError(f"hyper-parameters are given for {mname!r}, which is not among the methods run ({', '.join(entries)})")
 
     entry_components = [_entry_components(catalog, suite, e, method_overrides) for e in entries]
+    if "tune" in overrides:
+        budget = Param("tune", int, 0, low=0, high=1000).parse(overrides["tune"], where="tune")
+        if budget and suite.validation_metric is None:
+            raise HarnessError(f"suite {suite.name!r} has no validation split to select tuned configurations on; tune= needs one")
+        entry_components = [[*cs, *tuning_draws(catalog, cs[0], budget, method_overrides)] for cs in entry_components]
     axis_grid = [dict(zip(axes, combo)) for combo in itertools.product(*(axis_values.get(k, [p.default]) for k, p in axes.items()))]
     recipe_grid = [dict(zip(recipe_values, combo)) for combo in itertools.product(*recipe_values.values())]
 
@@ -238,6 +249,23 @@ def build_grid(catalog: Catalog, overrides: dict[str, str]) -> tuple[Suite, list
             )
         )
     return suite, list(dict.fromkeys(specs))
+
+
+def tuning_draws(catalog: Catalog, components: tuple[MethodRef, ...], budget: int, fixed: dict[str, dict[str, list[Any]]]) -> list[tuple[MethodRef, ...]]:
+    """`budget` configurations of an entry: draw i sets every searchable hyper-parameter of every
+    method to its i-th draw (harness.params.tuning_draw: a function of the method and i only);
+    values given on the command line stay fixed. An entry with nothing to search gets none."""
+    out = []
+    for i in range(budget):
+        draw = []
+        for ref in components:
+            method = catalog.methods.get(ref.name)
+            given = {k: v for k, v in ref.params if k in fixed.get(ref.name, {})}
+            sampled = {p.name: p.sample(tuning_draw(method.name, i, p.name)) for p in method.params if p.search is not None and p.name not in given}
+            draw.append(MethodRef.of(method, {**given, **sampled}) if sampled else ref)
+        if tuple(draw) != components:
+            out.append(tuple(draw))
+    return list(dict.fromkeys(out))
 
 
 def _seeds(overrides: dict[str, str], suite: Suite) -> list[int]:

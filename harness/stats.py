@@ -61,7 +61,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as _scipy_stats
+from scipy import special as _special
+
+
+class _LazyScipyStats:
+    """scipy.stats, imported on first use: it takes most of a second to import, and a leaderboard
+    needs only the t distribution (scipy.special.stdtr/stdtrit, what scipy.stats.t computes with)."""
+
+    def __getattr__(self, name: str) -> object:
+        from scipy import stats
+
+        return getattr(stats, name)
+
+
+_scipy_stats = _LazyScipyStats()
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # the significance level of "beats the baseline" marks and the Nemenyi CD
@@ -78,18 +91,18 @@ def t_two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|) for T ~ Student t with `df` degrees of freedom."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    return float(2.0 * _scipy_stats.t.sf(abs(t), df))
+    return float(2.0 * _special.stdtr(df, -abs(t)))
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) for T ~ Student t with `df` degrees of freedom."""
-    return float(_scipy_stats.t.cdf(t, df))
+    return float(_special.stdtr(df, t))
 
 
 @lru_cache(maxsize=256)
 def t_critical(df: int, confidence: float = CONFIDENCE) -> float:
     """The two-sided critical value t((1 + confidence) / 2, df)."""
-    return float(_scipy_stats.t.ppf((1.0 + confidence) / 2.0, df))
+    return float(_special.stdtrit(df, (1.0 + confidence) / 2.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +184,7 @@ def paired_t_tests(entries: Sequence[Mapping[int, float]], baseline: Mapping[int
             pending.append((len(out) - 1, mean, mean / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
     if pending:
         t = np.array([p[2] for p in pending])
-        p_values = 2.0 * _scipy_stats.t.sf(np.abs(t), np.array([p[3] for p in pending]))
+        p_values = 2.0 * _special.stdtr(np.array([p[3] for p in pending]), -np.abs(t))
         for (i, mean, t_value, df), p in zip(pending, p_values):
             out[i] = PairedTest(df + 1, mean, t_value, float(p))
     return out  # type: ignore[return-value]

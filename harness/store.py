@@ -25,15 +25,21 @@ import json
 import math
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.errors import HarnessError
+from harness.predictions import FILE_NAME as PREDICTIONS_FILE
+from harness.predictions import MAX_BYTES as MAX_PREDICTIONS_BYTES
+from harness.predictions import PAYLOAD_KEY as PREDICTIONS_PAYLOAD
+from harness.predictions import BadPredictions
+from harness.predictions import decode as decode_predictions
 from harness.records import (  # noqa: F401 - the record's names are also the store's
     MAX_RESULT_BYTES,
     RECORD_SCHEMA,
@@ -102,7 +108,30 @@ CREATE TABLE IF NOT EXISTS series (
     idx INTEGER NOT NULL,
     value DOUBLE
 );
+CREATE TABLE IF NOT EXISTS prediction_summaries (  -- runs whose per-sample predictions are stored below
+    run_id VARCHAR PRIMARY KEY,
+    summary VARCHAR NOT NULL      -- JSON: the record's predictions summary (splits, rows, the metrics each recomputes)
+);
+CREATE TABLE IF NOT EXISTS predictions (  -- per-sample predictions (runs/<run_id>/predictions.parquet, less the probabilities)
+    run_id VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    idx INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    pred INTEGER NOT NULL,
+    confidence FLOAT,
+    nll FLOAT,
+    brier FLOAT
+);
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS result_files (  -- the file each stored run was last read from: sync reads a file again only when this changes
+    run_id VARCHAR PRIMARY KEY,   -- runs/<run_id>/result.json
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    ctime_ns BIGINT NOT NULL,     -- set by the kernel on every change, so a restored mtime does not hide one
+    inode UBIGINT NOT NULL,       -- an atomic replace (harness's writes) always brings a new inode
+    checked_ns BIGINT NOT NULL,   -- the folder's clock just before the state was taken (see KnownFile.vouches_for)
+    record_digest VARCHAR NOT NULL -- what the file held; it vouches for the runs row only while they are equal
+);
 """
 
 
@@ -199,6 +228,14 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -210,7 +247,7 @@ def _leftover_temporary(path: Path, own: Path) -> bool:
     """A `.result.json.HOST.PID.tmp` (or `.claim...`) file whose writer is gone: a dead process of
     this host, or a day old from another host. Names without a host come from this host."""
     name = path.name
-    prefix = next((f".{n}." for n in ("result.json", "claim") if name.startswith(f".{n}.")), None)
+    prefix = next((f".{n}." for n in ("result.json", "claim", PREDICTIONS_FILE) if name.startswith(f".{n}.")), None)
     if path == own or prefix is None or not name.endswith(".tmp"):
         return False
     host, _, pid_text = name[len(prefix) : -len(".tmp")].rpartition(".")
@@ -243,6 +280,80 @@ def _os_error(exc: OSError, doing: str, root: Path) -> HarnessError:
 
 def _print_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+CLOCK_FILE = ".clock"  # in runs/: rewritten before each scan, its mtime is the folder's own "now" (see KnownFile)
+BATCH = 2000  # records read, written or ingested at a time: bounds memory, keeps each database lock short
+
+
+class FileState(NamedTuple):
+    """What `stat` says about a result file: a change of its content changes at least one of these."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> FileState:
+        return cls(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+class KnownFile(NamedTuple):
+    """A result file as it was when its record was read (and stored): its state, the folder's
+    clock reading taken just before, the record's digest and status."""
+
+    state: FileState
+    checked_ns: int
+    digest: str
+    status: str
+
+    def vouches_for(self, state: FileState) -> bool:
+        """Whether the file still holds the record that was read: the same size, times and inode,
+        and last changed before the clock reading that preceded the read. A file changed within
+        that clock tick (after the read, say) could keep all of them equal, so it is read again
+        (the "racily clean" case of git's index); so is one whose mtime was set into the future."""
+        return state == self.state and max(state.mtime_ns, state.ctime_ns) < self.checked_ns
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A result file this store just wrote: enough to recognise it unchanged at the next sync."""
+
+    record: dict[str, Any]
+    digest: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class _Staged:
+    """A result file of `write_many` between its temporary and its rename."""
+
+    record: dict[str, Any]
+    folder: Path
+    moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final), in the order they are renamed
+    info: Any = None  # the result file's stat, taken on the temporary
+
+
+def _flush_file_system(folder: Path) -> bool:
+    """Write every dirty page of `folder`'s file system to disk (syncfs(2), Linux); False where
+    that is not available, so the caller fsyncs file by file."""
+    import ctypes
+
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+    return True
 
 
 @dataclass
@@ -278,6 +389,8 @@ class ResultStore:
         self.db_path = self.root / DB_NAME
         self.warn = warn or _print_warning
         self.rebuilt_runs = 0  # runs ingested by rebuilds of the database (see connect)
+        self._known: dict[str, KnownFile] | None = None  # result files vouched for at the last sync (see KnownFile)
+        self._written: dict[str, _Written] = {}  # result files written since the last sync
 
     # -- the folder ---------------------------------------------------------------------------
     def _check_folder(self) -> None:
@@ -312,36 +425,159 @@ class ResultStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- result files (the source of truth) ---------------------------------------------------
-    def write(self, record: dict[str, Any]) -> Path:
+    def write(self, record: dict[str, Any], *, predictions: bytes | None = None) -> Path:
         """Write a run's result file atomically; a concurrent reader sees the old file or the new.
-        A failed write leaves no temporary file, and raises HarnessError saying why."""
-        record = validate_record(json_safe(record))
-        run_dir = self.runs_dir / record["run_id"]
-        self._make_folder(run_dir)
-        final = run_dir / "result.json"
-        tmp = run_dir / f".result.json.{_HOST}.{os.getpid()}.tmp"
+        A failed write leaves no temporary file, and raises HarnessError saying why.
+
+        `predictions`: the bytes of the run's predictions file (harness.predictions), checked
+        against the record's summary and written beside the result file first, so a result file
+        that names predictions is never seen without them. (A record in transit may carry them
+        under `harness.predictions.PAYLOAD_KEY` instead.)"""
+        (path,) = self.write_many([(record, predictions)])
+        return path
+
+    def write_many(self, items: Iterable[tuple[dict[str, Any], bytes | None]]) -> list[Path]:
+        """Write several runs' result files (record, predictions bytes or None), each as `write`
+        does: checked, atomically, durable before it is renamed into place. For more than one
+        file the data reach the disk through one flush of the file system instead of one fsync
+        per file (`harness collect` writes thousands). Returns the paths (a run given twice is
+        written once, as given last); the records as written
+        are what a following `sync(self.written_records())` ingests without reading them back."""
+        pending: dict[str, tuple[dict[str, Any], bytes | None]] = {}  # a run given twice is written as given last
+        for record, predictions in items:
+            record = dict(record)
+            payload = record.pop(PREDICTIONS_PAYLOAD, None)
+            predictions = predictions if predictions is not None else payload
+            record = validate_record(json_safe(record))
+            summary = record.get("predictions")
+            if summary is not None and predictions is not None:
+                try:
+                    decode_predictions(predictions, summary)
+                except BadPredictions as exc:
+                    raise HarnessError(f"the predictions of run {record['run_id']} do not match its record: {exc}") from None
+            pending[record["run_id"]] = (record, predictions)
+        fsync_each = len(pending) <= 1
+        staged: list[_Staged] = []
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
+            if pending:
+                self._make_folder(self.runs_dir)
+            for record, predictions in pending.values():
+                item = _Staged(record, self.runs_dir / record["run_id"])
+                try:
+                    os.mkdir(item.folder)
+                except FileExistsError as exc:
+                    if not item.folder.is_dir():
+                        raise _os_error(exc, f"creating {item.folder}", self.root) from None
+                except OSError as exc:
+                    raise _os_error(exc, f"creating {item.folder}", self.root) from None
+                staged.append(item)
+                beside = item.folder / PREDICTIONS_FILE
+                if record.get("predictions") is not None and predictions is not None:
+                    item.moves.append((self._write_temporary(beside, predictions, fsync=fsync_each)[0], beside))
+                elif record.get("predictions") is None and beside.exists():
+                    _unlink_quietly(beside)  # left by an earlier result of this run that had predictions
+                text = result_text(record).encode("utf-8")
+                tmp, item.info = self._write_temporary(item.folder / "result.json", text, fsync=fsync_each)
+                item.moves.append((tmp, item.folder / "result.json"))
+            if not fsync_each:
+                self._flush(staged)
+            paths = []
+            for item in staged:
+                while item.moves:  # the predictions first: a result file naming them is never seen without them
+                    tmp, final = item.moves[0]
+                    try:
+                        os.replace(tmp, final)
+                    except OSError as exc:
+                        raise _os_error(exc, f"writing {final}", self.root) from None
+                    item.moves.pop(0)
+                info, rid = item.info, item.record["run_id"]
+                self._written[rid] = _Written(item.record, record_digest(item.record), info.st_ino, info.st_size, info.st_mtime_ns)
+                own = item.folder / f".result.json.{_HOST}.{os.getpid()}.tmp"
+                for entry in os.scandir(item.folder):  # temporaries left by a write that was killed or failed
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp") and _leftover_temporary(item.folder / entry.name, own):
+                        _unlink_quietly(item.folder / entry.name)
+                paths.append(item.folder / "result.json")
+        except BaseException:
+            for item in staged:
+                for tmp, _ in item.moves:
+                    _unlink_quietly(tmp)
+            raise
+        return paths
+
+    def _write_temporary(self, final: Path, data: bytes, *, fsync: bool) -> tuple[Path, os.stat_result]:
+        """Write `data` to `final`'s temporary `.NAME.HOST.PID.tmp` (fsynced if asked): its path
+        and stat. A failed write removes it and raises HarnessError saying why."""
+        tmp = final.with_name(f".{final.name}.{_HOST}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+                if fsync:
+                    os.fsync(fh.fileno())
+                info = os.fstat(fh.fileno())
         except BaseException as exc:
             _unlink_quietly(tmp)
             if isinstance(exc, OSError):
                 raise _os_error(exc, f"writing {final}", self.root) from None
             raise
-        for leftover in run_dir.glob(".*.tmp"):  # left by a write that was killed or failed
-            if _leftover_temporary(leftover, tmp):
-                _unlink_quietly(leftover)
-        return final
+        return tmp, info
+
+    def _flush(self, staged: list[_Staged]) -> None:
+        """Make a batch of temporaries durable before any is renamed: one flush of the file system,
+        or an fsync per file where that is not available."""
+        try:
+            if _flush_file_system(self.runs_dir):
+                return
+            for item in staged:
+                for tmp, _ in item.moves:
+                    _fsync_path(tmp)
+        except OSError as exc:
+            raise _os_error(exc, f"writing {len(staged)} result files", self.root) from None
+
+    def written_records(self) -> list[dict[str, Any]]:
+        """The records this store wrote since its last sync, as written (see `write_many`)."""
+        return [w.record for w in self._written.values()]
+
+    def read_predictions(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The checked predictions of a stored run (harness.predictions.decode); BadPredictions if
+        its file is missing, too large or does not match the record."""
+        path = self.runs_dir / record["run_id"] / PREDICTIONS_FILE
+        try:
+            data = read_regular_file(path, MAX_PREDICTIONS_BYTES)
+        except CorruptResult as exc:
+            raise BadPredictions(str(exc)) from None
+        return decode_predictions(data, record["predictions"])
 
     def result_paths(self) -> list[Path]:
+        return [Path(path) for _, path, _ in self._listing()]
+
+    def _listing(self) -> list[tuple[str, str, FileState | None]]:
+        """Every `runs/*/result.json` in sorted order: its folder's name, its path and its state
+        (None where it is not a regular file or cannot be stat'ed: it is read, and the reason
+        reported). Paths are strings: tens of thousands of pathlib objects cost more than the stats."""
         self._check_folder()
-        return sorted(self.runs_dir.glob("*/result.json")) if self.runs_dir.is_dir() else []
+        runs = os.fspath(self.runs_dir)
+        try:
+            names = sorted(entry.name for entry in os.scandir(runs))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise _os_error(exc, f"listing {self.runs_dir}", self.root) from None
+        out = []
+        for name in names:
+            path = f"{runs}{os.sep}{name}{os.sep}result.json"
+            try:
+                info = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # runs/.lock, a folder without a result yet, a link to nothing
+            except OSError:
+                out.append((name, path, None))
+                continue
+            out.append((name, path, FileState(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino) if stat.S_ISREG(info.st_mode) else None))
+        return out
 
     def scan_report(self) -> tuple[dict[str, dict[str, Any]], SyncReport]:
-        """Every valid result record by run id, and the corrupt files skipped."""
+        """Every valid result record by run id, and the corrupt files skipped (reads every file)."""
         records: dict[str, dict[str, Any]] = {}
         report = SyncReport()
         for path in self.result_paths():
@@ -358,10 +594,71 @@ class ResultStore:
         records, report = self.scan_report()
         return records, report.problems
 
+    def statuses(self) -> dict[str, str]:
+        """The status of every run with a valid result file, by run id. A file the database (or
+        this store's last sync) vouches for is not read again (see KnownFile); any other is read
+        and checked as `scan` does."""
+        known = self._known if self._known is not None else self._load_known_quietly()
+        out = {}
+        for name, path, state in self._listing():
+            held = known.get(name)
+            if held is not None and state is not None and held.vouches_for(state):
+                out[name] = held.status
+                continue
+            try:
+                record = read_result(Path(path), expected_id=name)
+            except CorruptResult:
+                continue
+            out[name] = record["status"]
+        return out
+
     def done_ids(self) -> set[str]:
         """Runs that need no training: a valid result file with status ok or diverged."""
-        records, _ = self.scan()
-        return {rid for rid, r in records.items() if r["status"] in DONE_STATUSES}
+        return {rid for rid, status in self.statuses().items() if status in DONE_STATUSES}
+
+    # -- what the database knows of the files -------------------------------------------------
+    def _clock(self) -> int:
+        """The results folder's time as its file system keeps it (ns): the mtime of `runs/.clock`,
+        rewritten now. 0 where it cannot be written, so that no file state is trusted."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.runs_dir / CLOCK_FILE, flags, 0o644)
+        except OSError:
+            return 0
+        try:
+            os.write(fd, b"\n")
+            info = os.fstat(fd)
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
+        return info.st_mtime_ns if stat.S_ISREG(info.st_mode) else 0
+
+    def _load_known(self, con: Any) -> dict[str, KnownFile]:
+        """The file states the database vouches for: only where the runs row holds what the file held."""
+        rows = con.execute(
+            "SELECT f.run_id, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.checked_ns, f.record_digest, r.status "
+            "FROM result_files f JOIN runs r ON r.run_id = f.run_id AND r.record_digest = f.record_digest"
+        ).fetchall()
+        return {row[0]: KnownFile(FileState(*row[1:5]), *row[5:]) for row in rows}
+
+    def _load_known_quietly(self) -> dict[str, KnownFile]:
+        """`_load_known` from a read-only look at the database; nothing (so every file is read)
+        where there is none, another process holds it, or it is not one harness wrote."""
+        import duckdb
+
+        if not self.db_path.is_file():
+            return {}
+        try:
+            con = duckdb.connect(str(self.db_path), read_only=True, config=SAFE_DUCKDB_CONFIG)
+        except duckdb.Error:
+            return {}
+        try:
+            return {} if _code_objects(con) else self._load_known(con)
+        except duckdb.Error:  # a database from before file states were stored
+            return {}
+        finally:
+            con.close()
 
     # -- claims: which process is training a run right now -----------------------------------
     def _claim_path(self, run_id: str) -> Path:
@@ -532,41 +829,137 @@ class ResultStore:
             self.warn(problem)
 
     def sync(self, records: Iterable[dict[str, Any]] | None = None) -> SyncReport:
-        """Ingest result records (default: every valid file under runs/) the database lacks or holds older.
+        """Ingest result records (default: the valid files under runs/) the database lacks or holds older.
+
+        Without `records`, a file is read only if it is new or changed since it was last read:
+        the database keeps each ingested file's state (size, mtime, ctime, inode; see KnownFile),
+        so a sync of an unchanged folder stats its files and reads none. A file that is corrupt,
+        deleted or changed is handled as by a full scan: a corrupt one is reported each time and
+        its run keeps the row of its last valid version; a deleted one's row stays (the database
+        is where `harness collect` restores lost files from) but its run no longer counts as done.
 
         A record the database refuses is skipped with its file's path and the reason; the others
         are stored (one bad record never blocks the rest)."""
+        import duckdb
+
+        if records is not None:
+            return self._sync_records(list(records))
         report = SyncReport()
-        if records is None:
-            scanned, report = self.scan_report()
-            records = scanned.values()
-        records = list(records)
+        clock = self._clock()  # before any file is stat'ed: a change after it is always seen
+        listing = self._listing()
         rebuilt_before = self.rebuilt_runs
         con = self.connect()  # may rebuild the database from the files first
         try:
-            held = dict(con.execute("SELECT run_id, record_digest FROM runs").fetchall())
-            fresh = [r for r in records if held.get(r["run_id"]) != record_digest(r)]
-            if fresh:
-                report.ingested = self._ingest(con, fresh, report)
+            report.ingested += self.rebuilt_runs - rebuilt_before
+            try:
+                known = self._load_known(con)
+                listed = {name for name, _, _ in listing}
+                gone = [rid for rid in known if rid not in listed]
+                if gone:  # their runs rows stay; the states described files that are no more
+                    con.execute("DELETE FROM result_files WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [gone])
+                    for rid in gone:
+                        del known[rid]
+            except duckdb.Error as exc:
+                raise HarnessError(_db_error(self.db_path, exc)) from None
+            unread = [(name, path, state) for name, path, state in listing if not (state is not None and name in known and known[name].vouches_for(state))]
+            for start in range(0, len(unread), BATCH):  # read, check and ingest a batch at a time: memory stays bounded
+                records, states = [], {}
+                for name, path, state in unread[start : start + BATCH]:
+                    try:
+                        record = read_result(Path(path), expected_id=name)
+                    except CorruptResult as exc:
+                        report.skip_file(Path(path), str(exc))
+                        continue
+                    records.append(record)
+                    if state is not None:
+                        states[name] = state
+                if records:
+                    report.ingested += self._store(records, states, clock, report, known, con=con)
         finally:
             con.close()
+        self._known = known
+        return report
+
+    def _sync_records(self, records: list[dict[str, Any]]) -> SyncReport:
+        """Ingest the given records; one this store has just written (and that its file still
+        holds) has its file's state stored with it, so the next sync need not read it back."""
+        report = SyncReport()
+        clock = self._clock() if self._written else 0
+        states, digests = {}, {}
+        for r in records:
+            written = self._written.pop(r["run_id"], None)
+            if written is None:
+                continue
+            digest = written.digest if r is written.record else record_digest(r)
+            digests[r["run_id"]] = digest
+            try:
+                info = os.stat(self.runs_dir / r["run_id"] / "result.json")
+            except OSError:
+                continue
+            if digest == written.digest and (info.st_ino, info.st_size, info.st_mtime_ns) == (written.inode, written.size, written.mtime_ns):
+                states[r["run_id"]] = FileState.of(info)  # the file is still the one written (a rename changes only its ctime)
+        rebuilt_before = self.rebuilt_runs
+        report.ingested = self._store(records, states, clock, report, self._known, digests=digests)
         report.ingested += self.rebuilt_runs - rebuilt_before
         return report
 
-    def _ingest(self, con: Any, records: list[dict[str, Any]], report: SyncReport) -> int:
+    def _store(
+        self, records: list[dict[str, Any]], states: dict[str, FileState], clock: int, report: SyncReport, known: dict[str, KnownFile] | None,
+        *, digests: dict[str, str] | None = None, con: Any = None,
+    ) -> int:
+        """Ingest the records the database lacks or holds older, and store the file states given
+        for the records it now holds (with `clock`, the reading taken before they were stat'ed).
+        Updates `known`; returns the number ingested."""
+        import duckdb
+
+        digests = {**{r["run_id"]: record_digest(r) for r in records if r["run_id"] not in (digests or {})}, **(digests or {})}
+        own = con is None
+        con = self.connect() if own else con
+        try:
+            ids = [r["run_id"] for r in records]
+            held = dict(con.execute("SELECT run_id, record_digest FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
+            fresh = [r for r in records if held.get(r["run_id"]) != digests[r["run_id"]]]
+            with _digests_known(fresh, digests):
+                ingested = self._ingest(con, fresh, report) if fresh else set()
+            stored = [r for r in records if r["run_id"] in ingested or held.get(r["run_id"]) == digests[r["run_id"]]]
+            rows = [(r["run_id"], states[r["run_id"]], digests[r["run_id"]], r["status"]) for r in stored if r["run_id"] in states]
+            if rows and clock:
+                _insert_states(con, [(rid, state, clock, digest) for rid, state, digest, _ in rows])
+        except duckdb.Error as exc:
+            raise HarnessError(_db_error(self.db_path, exc)) from None
+        finally:
+            if own:
+                con.close()
+        if known is not None and clock:
+            for rid, state, digest, status in rows:
+                known[rid] = KnownFile(state, clock, digest, status)
+        return len(ingested)
+
+    def _ingest(self, con: Any, records: list[dict[str, Any]], report: SyncReport) -> set[str]:
+        """Insert (or replace) these records' rows; the run ids stored."""
         import duckdb
 
         def insert(batch: list[dict[str, Any]]) -> None:
             con.execute("BEGIN TRANSACTION")
             try:
                 _insert(con, batch)
+                _insert_predictions(con, batch, predictions)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
 
+        predictions = {}
+        for r in records:
+            if r.get("predictions") is not None:
+                try:
+                    predictions[r["run_id"]] = self.read_predictions(r)
+                except BadPredictions as exc:
+                    path = self.runs_dir / r["run_id"] / PREDICTIONS_FILE
+                    report.skip(f"predictions file {path}", f"{exc}; the run is stored without its predictions", key=str(path.resolve()))
+
         batches = [records] if len(records) == 1 else [records, *([r] for r in records)]
-        ingested = 0
+        ingested: set[str] = set()
         for batch in batches:  # all at once; if that fails, one by one to find the record(s) it failed on
             try:
                 insert(batch)
@@ -576,7 +969,7 @@ class ResultStore:
                 if len(batch) == 1:
                     report.skip_file(self.runs_dir / batch[0]["run_id"] / "result.json", f"the database refused it ({_first_line(exc)})")
                 continue
-            ingested += len(batch)
+            ingested.update(r["run_id"] for r in batch)
             if batch is records:
                 break
         return ingested
@@ -613,6 +1006,47 @@ def _clean_number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _insert_predictions(con: Any, records: list[dict[str, Any]], predictions: dict[str, dict[str, Any]]) -> None:
+    """Replace these runs' per-sample predictions; `predictions`: run id -> its checked predictions
+    (harness.predictions.decode); a run without an entry has none stored."""
+    import pandas as pd
+
+    from harness.predictions import empty_rows, table_rows
+
+    ids = [r["run_id"] for r in records]
+    for table in ("predictions", "prediction_summaries"):
+        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    held = [r for r in records if r["run_id"] in predictions and r.get("predictions") is not None]
+    if not held:
+        return
+    summaries = pd.DataFrame({"run_id": [r["run_id"] for r in held], "summary": [json.dumps(r["predictions"], sort_keys=True) for r in held]})
+    rows = [table_rows(r["run_id"], predictions[r["run_id"]]) for r in held]
+    per_sample = pd.concat(rows, ignore_index=True) if rows else empty_rows()
+    con.register("new_summaries", summaries)
+    con.register("new_predictions", per_sample)
+    try:
+        con.execute("INSERT INTO prediction_summaries SELECT run_id, summary FROM new_summaries")
+        con.execute("INSERT INTO predictions SELECT run_id, split, idx, label, pred, confidence, nll, brier FROM new_predictions")
+    finally:
+        con.unregister("new_summaries")
+        con.unregister("new_predictions")
+
+
+def _insert_states(con: Any, rows: list[tuple[str, FileState, int, str]]) -> None:
+    """Store (run id, its file's state, the clock reading before the stat, the record's digest)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [(rid, s.size, s.mtime_ns, s.ctime_ns, s.inode, checked, digest) for rid, s, checked, digest in rows],
+        columns=["run_id", "size", "mtime_ns", "ctime_ns", "inode", "checked_ns", "record_digest"],
+    )
+    con.register("new_states", frame)
+    try:
+        con.execute("INSERT OR REPLACE INTO result_files SELECT run_id, size, mtime_ns, ctime_ns, CAST(inode AS UBIGINT), checked_ns, record_digest FROM new_states")
+    finally:
+        con.unregister("new_states")
 
 
 def _insert(con: Any, records: list[dict[str, Any]]) -> None:
@@ -671,7 +1105,42 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
             con.unregister(view)
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, allow_nan=False, separators=(", ", ": ")).encode
+
+
+def result_text(record: dict[str, Any]) -> str:
+    """A result file's JSON: one line per field and per entry of an object field (a metric, a
+    series, a spec field), each value on one line. Readable, and written by the C encoder: an
+    indented dump goes through json's pure-Python encoder, the dearest step of writing thousands."""
+    fields = []
+    for key in sorted(record):
+        value = record[key]
+        if isinstance(value, dict) and value:
+            inner = ",\n".join(f"  {_ENCODE(k)}: {_ENCODE(value[k])}" for k in sorted(value))
+            fields.append(f" {_ENCODE(key)}: {{\n{inner}\n }}")
+        else:
+            fields.append(f" {_ENCODE(key)}: {_ENCODE(value)}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
+_DIGESTS_KNOWN: dict[int, tuple[dict[str, Any], str]] = {}  # id(record) -> (record, digest) while an ingest runs
+
+
+@contextmanager
+def _digests_known(records: list[dict[str, Any]], digests: dict[str, str]) -> Iterator[None]:
+    """Let `record_digest` answer for these records from `digests` (computed once per sync)."""
+    _DIGESTS_KNOWN.update({id(r): (r, digests[r["run_id"]]) for r in records if r["run_id"] in digests})
+    try:
+        yield
+    finally:
+        for r in records:
+            _DIGESTS_KNOWN.pop(id(r), None)
+
+
 def record_digest(record: dict[str, Any]) -> str:
+    known = _DIGESTS_KNOWN.get(id(record))
+    if known is not None and known[0] is record:
+        return known[1]
     import hashlib
 
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.params import Param
+from harness.reported import Reported
 
 if TYPE_CHECKING:
     import torch
@@ -174,6 +175,9 @@ class RunOutput:
     metrics: dict[str, float]
     series: dict[str, list[float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # facts about the run (e.g. class counts)
+    # per-sample predictions by split, stored beside the result (harness.predictions): {"test": (logits, labels)}
+    # or {"test": Predictions(logits, labels, scores={"top1": "accuracy"})} to name the metrics they recompute
+    predictions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,11 @@ class Suite:
     # (default: every kind in `ranks`); e.g. an OOD suite ranks losses too, but by default runs
     # only its TTA methods
     default_kinds: tuple[str, ...] = ()
+    # the default entries themselves, when they are not single methods of `default_kinds`: e.g. a
+    # cross product of training entries and calibrators, or a reference row of another kind.
+    # `default_entries(catalog) -> ["ce+temperature", ...]`; None: every installed method of
+    # `default_kinds` (harness.spec.default_entries)
+    default_entries: Callable[[Catalog], list[str]] | None = None
     # the loss an entry trains with when it names none (only where the suite ranks losses; a
     # suite that does not keeps its own fixed training loss out of the entries)
     default_loss: str = "ce"
@@ -204,6 +213,12 @@ class Suite:
     # kinds an entry may hold without being ranked, because they shape a model the suite trains
     # (e.g. the unlearning suite's original model): kind names or "training"
     trains_with: tuple[str, ...] = ()
+    # the metric, computed on the suite's validation split (never the test split), that selects
+    # among an entry's configurations (`tune=N`, a swept hyper-parameter); None: no validation split
+    validation_metric: str | None = None
+    # published numbers for its entries (harness.reported.Reported): shown beside the reproduced
+    # ones on the boards of their setting, and trained again by `harness reproduce SUITE`
+    reported: tuple[Reported, ...] = ()
     plugin: str = ""
     plugin_version: str = ""
 
@@ -236,3 +251,5 @@ class Suite:
     def __post_init__(self) -> None:
         if self.primary not in {m.name for m in self.metrics}:
             raise ValueError(f"suite {self.name!r}: primary metric {self.primary!r} is not among its metrics")
+        if self.validation_metric is not None and self.validation_metric not in {m.name for m in self.metrics}:
+            raise ValueError(f"suite {self.name!r}: validation metric {self.validation_metric!r} is not among its metrics")

@@ -36,11 +36,15 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 def fake_record(
     *, entry: str = "ce", seed: int = 0, value: float | None = 0.5, status: str = "ok", variant: dict[str, Any] | None = None,
     suite: str = "long_tail", version: str = "1", scale: str = "tiny", higher_is_better: bool = True, extra: dict[str, float] | None = None,
+    changed: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A valid result record for store and leaderboard tests (its run id is its spec's hash)."""
+    """A valid result record for store and leaderboard tests (its run id is its spec's hash).
+    `changed` maps a method of the entry to its non-default hyper-parameters (the entry becomes `focal[gamma=1.5]`)."""
     from harness.spec import RunSpec
 
-    methods = [{"name": name, "kind": "loss" if i == 0 else "augmentation", "version": "1", "params": {}, "changed": {}} for i, name in enumerate(entry.split("+"))]
+    changed = changed or {}
+    methods = [{"name": name, "kind": "loss" if i == 0 else "augmentation", "version": "1", "params": dict(changed.get(name, {})), "changed": dict(changed.get(name, {}))}
+               for i, name in enumerate(entry.split("+"))]
     spec = RunSpec.from_canonical(
         {"suite": suite, "suite_version": version, "scale": scale, "variant": variant or {"ratio": 100}, "methods": methods, "seed": seed, "recipe": {"dataset": "mnist5k", "model": "small_cnn", "epochs": 2}}
     )

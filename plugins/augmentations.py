@@ -39,8 +39,8 @@ from harness.hookspecs import hookimpl
 from harness.kinds.augmentation import Augmentation, AugmentContext
 from harness.method import Method
 from harness.models import get_classifier, set_classifier
-from harness.params import Param
-from harness.seams import Batch, Outputs
+from harness.params import LogUniform, Param, Uniform
+from harness.seams import Batch, HeadedModel, Outputs
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers: soft targets, generator-driven Gamma/Beta sampling, mixing
@@ -140,7 +140,8 @@ MIXUP = Method(
     summary="convex combinations of pairs of images and of their labels, lam ~ Beta(alpha, alpha) per batch",
     paper="Zhang, Cisse, Dauphin & Lopez-Paz, mixup: Beyond Empirical Risk Minimization, ICLR 2018 (alpha = 1 in the CIFAR experiments, Sec. 3.2)",
     url="https://arxiv.org/abs/1710.09412",
-    params=(Param("alpha", float, 1.0, "Beta(alpha, alpha) concentration of the mixing coefficient (paper: 1.0 on CIFAR, 0.2 on ImageNet)", low=1e-3),),
+    params=(Param("alpha", float, 1.0, "Beta(alpha, alpha) concentration of the mixing coefficient (paper: 1.0 on CIFAR, 0.2 on ImageNet)", low=1e-3,
+          search=LogUniform(0.1, 4.0)),),
 )
 
 
@@ -196,8 +197,8 @@ CUTMIX = Method(
     paper="Yun, Han, Oh, Chun, Choe & Yoo, CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features, ICCV 2019 (alpha = 1; cutmix_prob 0.5 in the authors' CIFAR recipe)",
     url="https://arxiv.org/abs/1905.04899",
     params=(
-        Param("alpha", float, 1.0, "Beta(alpha, alpha) concentration of the box's area (1 = uniform)", low=1e-3),
-        Param("prob", float, 0.5, "probability that a batch is cut-mixed", low=0.0, high=1.0),
+        Param("alpha", float, 1.0, "Beta(alpha, alpha) concentration of the box's area (1 = uniform)", low=1e-3, search=LogUniform(0.1, 4.0)),
+        Param("prob", float, 0.5, "probability that a batch is cut-mixed", low=0.0, high=1.0, search=Uniform(0.1, 1.0)),
     ),
 )
 
@@ -671,10 +672,103 @@ SLA = Method(
 
 
 # ---------------------------------------------------------------------------------------------
+# sla_sd: Lee, Hwang & Shin, ICML 2020, Sec. 2.3 (self-distillation from the aggregation)
+# ---------------------------------------------------------------------------------------------
+
+
+def aggregate_rotations(joint: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """SLA's aggregated logits from the joint logits of the 4 rotated copies (rotation-major rows,
+    joint label k * 4 + r): s_k = (1/4) sum_r z_(k, r)(rot_r x), [B, K]."""
+    b = joint.shape[0] // NUM_ROTATIONS
+    z = joint.view(NUM_ROTATIONS, b, num_classes, NUM_ROTATIONS)
+    return torch.diagonal(z, dim1=0, dim2=3).mean(dim=-1)
+
+
+class SLASelfDistillationModel(HeadedModel):
+    """The backbone's features feed two heads: the joint (class, rotation) head of SLA (4K
+    logits; `classifier`, so a loss may still swap it) and a single head `single` (K logits).
+    Training forward: the joint logits, and `forward_heads` also gives the single head's logits
+    as `single`. Eval forward: the single head on the input alone, the paper's SLA+SD inference
+    (one pass, no rotations)."""
+
+    def __init__(self, net: nn.Module, in_features: int, num_classes: int, bias: bool):
+        super().__init__()
+        self.net = net  # its own classifier is an Identity: it returns the features
+        self.classifier = nn.Linear(in_features, num_classes * NUM_ROTATIONS, bias=bias)
+        self.single = nn.Linear(in_features, num_classes, bias=bias)
+        self.num_classes = num_classes
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = self.net(x)
+        return self.classifier(features), {"single": self.single(features)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.net(x)
+        return self.classifier(features) if self.training else self.single(features)
+
+
+class SelfSupervisedLabelAugmentationSD(SelfSupervisedLabelAugmentation):
+    """SLA+SD (paper Sec. 2.3; the authors' `create_sla_sd_trainer`): SLA's joint training (the
+    entry's loss on the 4B rotated rows and their joint labels, as `sla`) plus a second classifier
+    u on the same features, trained on the unrotated rows by
+    beta CE(sigma(f(x); u), y) + T^2 KL(softmax(agg / T) || softmax(sigma(f(x); u) / T)),
+    agg the aggregated SLA logits of the same step's four rotations, held constant. The authors'
+    defaults: beta = 1, T = 1. At test time the single head predicts from the unrotated input
+    alone (the paper's fast SLA+SD inference). Its model is `SLASelfDistillationModel`."""
+
+    def __init__(self, ctx: AugmentContext, beta: float, temperature: float):
+        super().__init__(ctx)
+        self.beta, self.temperature = beta, temperature
+
+    def prepare_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+        head = get_classifier(model)
+        if not isinstance(head, nn.Linear):
+            raise HarnessError(f"sla_sd needs a linear classifier head to split into joint and single heads; {type(model).__name__} has {type(head).__name__}")
+        set_classifier(model, nn.Identity())
+        shaped = SLASelfDistillationModel(model, head.in_features, num_classes, head.bias is not None)
+        return shaped.to(device=head.weight.device, dtype=head.weight.dtype)
+
+    def extra_loss(self, batch: Batch, out: Outputs) -> torch.Tensor:
+        return self.distillation_loss(out.logits, out.heads["single"], batch.y)
+
+    def distillation_loss(self, joint: torch.Tensor, single: torch.Tensor, joint_targets: torch.Tensor) -> torch.Tensor:
+        """The single-head terms from the joint logits [4B, 4K], the single head's logits [4B, K]
+        and the joint targets of the 4B rotation-major rows (rows 0..B-1 are unrotated)."""
+        b = joint.shape[0] // NUM_ROTATIONS
+        single = single[:b].float()
+        if joint_targets.dtype.is_floating_point:  # soft joint rows: sum the rotations of each class
+            targets = joint_targets[:b].float().view(b, self.num_classes, NUM_ROTATIONS).sum(dim=-1)
+            ce = -(targets * F.log_softmax(single, dim=1)).sum(dim=1).mean()
+        else:
+            ce = F.cross_entropy(single, joint_targets[:b] // NUM_ROTATIONS)
+        t = self.temperature
+        aggregated = aggregate_rotations(joint.float(), self.num_classes).detach()
+        kl = F.kl_div(F.log_softmax(single / t, dim=1), F.softmax(aggregated / t, dim=1), reduction="batchmean")
+        return self.beta * ce + kl * t * t
+
+
+SLA_SD = Method(
+    name="sla_sd",
+    kind="augmentation",
+    build=SelfSupervisedLabelAugmentationSD,
+    summary="SLA with self-distillation: a second head, distilled from the aggregated rotation predictions, predicts in one pass",
+    paper="Lee, Hwang & Shin, Self-supervised Label Augmentation via Input Transformations, ICML 2020 (SLA+SD, Sec. 2.3)",
+    url="https://arxiv.org/abs/1910.05872",
+    params=(
+        Param("beta", float, 1.0, "weight of the single head's cross-entropy (the authors' code: 1)", low=0.0),
+        Param("temperature", float, 1.0, "temperature T of the distillation (the authors' default: 1)", low=1e-3),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 
-METHODS: tuple[Method, ...] = (MIXUP, CUTMIX, RANKMIXUP, DECOUPLED_MIXUP, RANDAUGMENT, SLA)
+METHODS: tuple[Method, ...] = (MIXUP, CUTMIX, RANKMIXUP, DECOUPLED_MIXUP, RANDAUGMENT, SLA, SLA_SD)
 
 
 @hookimpl

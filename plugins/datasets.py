@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from harness.data import HUB_DATASETS, DatasetSource, hub_dataset_source, load_digits, load_mnist5k
 from harness.hookspecs import hookimpl
+from harness_plugins.domain_data import DOMAIN_DATASETS
 
 MNIST_CITATION = "LeCun, Bottou, Bengio & Haffner, Gradient-Based Learning Applied to Document Recognition, Proc. IEEE 1998"
 CIFAR_CITATION = "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report, University of Toronto 2009"
@@ -56,3 +57,5 @@ def harness_register_datasets(register):
                 name, repo, config=config, image_column=image_column, label_column=label_column, summary=summary, citation=citation
             )
         )
+    for source in DOMAIN_DATASETS:  # datasets with domain labels (harness_plugins.domain_data)
+        register(source)

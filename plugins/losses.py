@@ -26,7 +26,7 @@ from harness.hookspecs import hookimpl
 from harness.kinds.loss import Loss, LossContext
 from harness.method import Method
 from harness.models import get_classifier, set_classifier
-from harness.params import Param
+from harness.params import Choice, Param, Uniform
 from harness.seams import Batch, HeadedModel, Outputs, Predictor
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ LABEL_SMOOTHING = Method(
     summary="cross-entropy against targets mixed with the uniform distribution (label-smoothing regularisation)",
     paper="Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016",
     url="https://arxiv.org/abs/1512.00567",
-    params=(Param("eps", float, 0.1, "weight of the uniform distribution in the target", low=0.0, high=1.0),),
+    params=(Param("eps", float, 0.1, "weight of the uniform distribution in the target", low=0.0, high=1.0, search=Uniform(0.0, 0.3)),),
 )
 
 
@@ -156,7 +156,7 @@ FOCAL = Method(
     summary="cross-entropy scaled by (1 - p_t)^gamma to down-weight well-classified examples",
     paper="Lin et al., Focal Loss for Dense Object Detection, ICCV 2017",
     url="https://arxiv.org/abs/1708.02002",
-    params=(Param("gamma", float, 2.0, "focusing parameter (0 gives cross-entropy)", low=0.0),),
+    params=(Param("gamma", float, 2.0, "focusing parameter (0 gives cross-entropy)", low=0.0, search=Uniform(0.0, 5.0)),),
 )
 
 
@@ -189,7 +189,8 @@ CLASS_BALANCED = Method(
     summary="softmax cross-entropy re-weighted per class by the inverse effective number of samples",
     paper="Cui et al., Class-Balanced Loss Based on Effective Number of Samples, CVPR 2019",
     url="https://arxiv.org/abs/1901.05555",
-    params=(Param("beta", float, 0.9999, "effective-number decay: 0 = no re-weighting, 1 = inverse frequency", low=0.0, high=1.0),),
+    params=(Param("beta", float, 0.9999, "effective-number decay: 0 = no re-weighting, 1 = inverse frequency", low=0.0, high=1.0,
+          search=Choice((0.9, 0.99, 0.999, 0.9999))),),
 )
 
 
@@ -300,7 +301,7 @@ class LDAMDRWLoss(LDAMLoss):
 
 
 _LDAM_PARAMS = (
-    Param("max_m", float, 0.5, "largest margin (the rarest class's); margins scale as n_j^(-1/4)", low=0.0),
+    Param("max_m", float, 0.5, "largest margin (the rarest class's); margins scale as n_j^(-1/4)", low=0.0, search=Uniform(0.1, 1.0)),
     Param("s", float, 30.0, "logit scale applied to the cosine logits before the softmax", low=1e-6),
 )
 
@@ -379,7 +380,7 @@ LOGIT_ADJUSTMENT = Method(
     summary="logit-adjusted softmax cross-entropy: logits plus tau * log class prior during training",
     paper="Menon et al., Long-tail learning via logit adjustment, ICLR 2021",
     url="https://arxiv.org/abs/2007.07314",
-    params=(Param("tau", float, 1.0, "scale of the log-prior adjustment (1 is Fisher-consistent for balanced error)", low=0.0),),
+    params=(Param("tau", float, 1.0, "scale of the log-prior adjustment (1 is Fisher-consistent for balanced error)", low=0.0, search=Uniform(0.0, 3.0)),),
 )
 
 

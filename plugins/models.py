@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness.hookspecs import hookimpl
 from harness.models import CifarResNet, CifarResNet18, FastCNN, ModelSource, SmallCNN
+from harness_plugins.domain_networks import FastGroupNormCNN, MnistCNN
 
 
 @hookimpl
@@ -45,6 +46,15 @@ def harness_register_models(register):
             paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
         )
     )
+    for depth, use in ((56, "the knowledge-distillation literature's CIFAR teacher of ResNet-20"), (110, "a deeper CIFAR teacher; the calibration literature's model (Guo et al. 2017)")):
+        register(
+            ModelSource(
+                f"resnet{depth}",
+                f"CIFAR ResNet-{depth} (3 stages of {(depth - 2) // 6} basic blocks, widths 16/32/64): {use}",
+                lambda num_classes, in_chans, img_size, depth=depth: CifarResNet(num_classes, in_chans, depth=depth),
+                paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+            )
+        )
     register(
         ModelSource(
             "resnet18",
@@ -59,5 +69,20 @@ def harness_register_models(register):
             "CIFAR pre-activation ResNet-18 (the noisy-label literature's model, e.g. DivideMix)",
             lambda num_classes, in_chans, img_size: CifarResNet18(num_classes, in_chans, preact=True),
             paper="He et al., Identity Mappings in Deep Residual Networks, ECCV 2016",
+        )
+    )
+    register(
+        ModelSource(
+            "fast_cnn_gn",
+            "fast_cnn with ReLU then GroupNorm(8) instead of BatchNorm, as DomainBed's MNIST network: the domain-generalisation tiny model",
+            lambda num_classes, in_chans, img_size: FastGroupNormCNN(num_classes, in_chans, img_size),
+        )
+    )
+    register(
+        ModelSource(
+            "mnist_cnn",
+            "DomainBed's MNIST_CNN: four 3x3 convolutions (64-128-128-128) with ReLU and GroupNorm(8), 128 pooled features",
+            lambda num_classes, in_chans, img_size: MnistCNN(num_classes, in_chans, img_size),
+            paper="Gulrajani & Lopez-Paz, In Search of Lost Domain Generalization, ICLR 2021",
         )
     )

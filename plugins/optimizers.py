@@ -15,7 +15,7 @@ import torch
 from harness.hookspecs import hookimpl
 from harness.kinds.optimizer import Optimizer, OptimizerContext, trained_parameters
 from harness.method import Method
-from harness.params import Param
+from harness.params import LogUniform, Param
 
 # ---------------------------------------------------------------------------------------------
 # sam: Foret et al. 2021, Algorithm 1 (p = 2); adaptive: Kwon et al. 2021 (ASAM)
@@ -59,8 +59,65 @@ SAM = Method(
     paper="Foret et al., Sharpness-Aware Minimization for Efficiently Improving Generalization, ICLR 2021 (adaptive: Kwon et al., ASAM, ICML 2021)",
     url="https://arxiv.org/abs/2010.01412",
     params=(
-        Param("rho", float, 0.05, "radius of the neighbourhood (0.05: the paper's CIFAR default)", low=0.0),
+        Param("rho", float, 0.05, "radius of the neighbourhood (0.05: the paper's CIFAR default)", low=0.0, search=LogUniform(0.01, 0.5)),
         Param("adaptive", bool, False, "ASAM: scale the ball by |w| per weight (scale-invariant sharpness; ASAM uses a larger rho)"),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# perpgrad: Prieto, Barsbey, Mediano & Birdal, ICLR 2025 (⊥Grad)
+# ---------------------------------------------------------------------------------------------
+
+
+class OrthogonalGradient(Optimizer):
+    """⊥Grad: before the base optimiser's step the gradient loses its component along the weights,
+    g_perp = g - (w.g / w.w) w, so no step scales the weights along their own direction (the
+    "naive loss minimisation" direction that only inflates the logits). The paper writes the
+    projection for the parameter vector theta; the authors' `OrthoGrad` applies it to every
+    parameter tensor separately and rescales g_perp to the norm of g, which is the default here
+    (`scope=tensor`, `rescale=true`). `scope=global` projects the concatenation of all trained
+    parameters at once, with one rescaling. w.w gets 1e-30 added (the authors' guard: a zero
+    tensor, a bias at initialisation, keeps its gradient). The recipe's SGD then steps with its
+    momentum and weight decay; the paper pairs ⊥Grad with no weight decay (its point is to replace
+    it), which `weight_decay=0` on the command line gives."""
+
+    EPS = 1e-30
+
+    def __init__(self, ctx: OptimizerContext, scope: str, rescale: bool):
+        self.scope, self.rescale = scope, rescale
+
+    def update(self, step: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        loss = step()
+        params = trained_parameters(optimizer)
+        with torch.no_grad():
+            if self.scope == "tensor":
+                for p in params:
+                    p.grad.copy_(self.project(p.detach().flatten(), p.grad.flatten()).view_as(p.grad))
+            elif params:
+                flat = self.project(torch.cat([p.detach().flatten() for p in params]), torch.cat([p.grad.flatten() for p in params]))
+                for p, g in zip(params, torch.split(flat, [p.numel() for p in params])):
+                    p.grad.copy_(g.view_as(p.grad))
+        optimizer.step()
+        return loss
+
+    def project(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        orthogonal = g - (torch.dot(w, g) / (torch.dot(w, w) + self.EPS)) * w
+        if self.rescale:
+            orthogonal = orthogonal * (g.norm() / (orthogonal.norm() + self.EPS))
+        return orthogonal
+
+
+PERPGRAD = Method(
+    name="perpgrad",
+    kind="optimizer",
+    build=OrthogonalGradient,
+    summary="⊥Grad: the gradient's component along the weights is removed (per parameter tensor, rescaled) before the SGD step",
+    paper="Prieto, Barsbey, Mediano & Birdal, Grokking at the Edge of Numerical Stability, ICLR 2025 (⊥Grad; the authors' OrthoGrad)",
+    url="https://arxiv.org/abs/2501.04697",
+    params=(
+        Param("scope", str, "tensor", "project each parameter tensor (the authors' code) or all parameters as one vector", choices=("tensor", "global")),
+        Param("rescale", bool, True, "rescale the projected gradient to the original gradient's norm (the authors' code)"),
     ),
 )
 
@@ -69,7 +126,7 @@ SAM = Method(
 # registration
 # ---------------------------------------------------------------------------------------------
 
-METHODS: tuple[Method, ...] = (SAM,)
+METHODS: tuple[Method, ...] = (SAM, PERPGRAD)
 
 
 @hookimpl

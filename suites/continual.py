@@ -6,7 +6,9 @@ Two protocols, told apart by the `protocol` axis (so the leaderboard keeps them 
   strategy (kind `strategy`); metrics come from the accuracy matrix R[i, j] (accuracy on task j
   after training task i) and from continual evaluation every k iterations.
 - `protocol=merging`: a base model (an artifact) is fine-tuned into one expert per task (artifacts),
-  and the merging method (kind `merging`) builds one model from base + experts.
+  and the merging method (kind `merging`) builds one model from base + experts. It measures merging
+  as a continual-learning tool (experts of disjoint classes, one shared head); the setting of the
+  merging papers (different tasks, a head per task) is the `merging` suite's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from harness.kinds.strategy import Strategy, StrategyContext, Task, strategy_par
 from harness.models import diagonal_fisher, recalibrate_bn
 from harness.params import Param
 from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
+from harness_plugins.merging import Ensembling
 
 SCENARIOS = ("class", "task", "domain", "permuted")
 BASE_FRACTION = 0.1  # of each class's training images: the merging protocol's base split
@@ -369,6 +372,9 @@ def run(ctx: RunContext) -> RunOutput:
         raise ValueError(f"protocol=merging ranks merging methods; entry {spec.entry!r} has none (add one, e.g. method=ties)")
     if protocol == "merging" and "strategy" in kinds:
         raise ValueError(f"entry {spec.entry!r} holds a strategy: strategies run under protocol=strategy")
+    if protocol == "merging" and isinstance(ctx.build("merging", MergeContext(num_tasks=variant["tasks"])), Ensembling):
+        raise ValueError(f"{spec.method('merging').name} returns an ensemble of the experts, and this protocol evaluates one merged model; "
+                         "rank it with suite=merging, which evaluates ensembles")
     data = ctx.load_dataset(recipe["dataset"])
     stream = build_stream(data, variant["scenario"], variant["tasks"], spec.seed)
     if protocol == "merging":
@@ -423,7 +429,17 @@ same epochs (artifact). The method builds one model from the base's and the expe
 dicts; parameters are merged by the method, BatchNorm running statistics start as the experts'
 average and are then recomputed for every method alike on 1000 unlabeled training inputs of the
 tasks. Fisher merging gets each expert's exact diagonal Fisher on 500 of its task's training
-inputs; AdaMerging gets 10 batches of 16 unlabeled test inputs per task. Evaluation per task as
+inputs; AdaMerging gets 10 batches of 16 unlabeled test inputs per task. What this measures:
+merging as a continual-learning tool, experts of disjoint classes sharing one 10-way head, with
+each method's declared coefficients (no validation search). It is not the setting the merging
+papers report (different tasks, a head per task, coefficients chosen on validation data: the
+`merging` suite), and their ranking need not hold here. In particular AdaMerging's entropy
+objective presumes a head per task: with one shared head, an expert trained on two classes
+predicts them confidently for every input, so minimising the entropy drives the coefficients
+towards the most confident expert and the merged model falls below the base model (measured in
+`docs/evidence/merging.md`). Methods whose result is an ensemble (`output_ensemble`, `btm
+arm=ensemble`) are refused here; the methods made for the `merging` suite (`output_ensemble`,
+`btm`, `pleas`, `lcsc`) are not in this protocol's default grid. Evaluation per task as
 in the scenario (class: 10-way, no task id; task: masked). Metrics: `acc` = mean over tasks of
 the merged model's accuracy (**primary**); `normalized_acc` = mean_t merged_t / expert_t (each
 expert on its own task); `joint_gap` = joint model's mean accuracy - acc; also `expert_acc`,

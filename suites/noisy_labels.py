@@ -32,6 +32,7 @@ from harness.label_noise import (  # noqa: F401 - the protocol's noise models, i
 )
 from harness.metrics import accuracy
 from harness.params import Param
+from harness.predictions import Predictions
 from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
 
 NOISE_KINDS = ("sym", "asym", "instance", "human")
@@ -187,7 +188,8 @@ def run(ctx: RunContext) -> RunOutput:
     trained = ctx.fit(x, noisy, num_classes=k, class_counts=counts, normalizer=normalizer, evaluate=evaluate)
     log = trained.log
     train_logits = trained.predict(x)
-    final = scores(trained.predict(data.test_x), train_logits)
+    test_logits = trained.predict(data.test_x)
+    final = scores(test_logits, train_logits)
     train_pred = train_logits.argmax(1)
     matrix = transition_matrix(clean, noisy, k)
     realised = float(wrong.float().mean())
@@ -215,6 +217,7 @@ def run(ctx: RunContext) -> RunOutput:
             "noisy_class_counts": counts,
             "transition_matrix_layout": "row-major K x K, T[i][j] = P(noisy j | clean i), empirical",
         },
+        predictions={"test": Predictions(test_logits, data.test_y, scores={"clean_top1": "accuracy"})},
     )
 
 

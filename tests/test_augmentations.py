@@ -58,7 +58,7 @@ def batch(b: int = 8, c: int = 1, size: int = 8, seed: int = 0) -> tuple[torch.T
 
 def test_all_methods_registered_with_paper_and_typed_params():
     found = methods()
-    assert set(found) == set(NAMES)
+    assert set(found) == {*NAMES, "sla_sd"}  # sla_sd: tests/test_sla_sd.py
     for m in found.values():
         assert m.kind == "augmentation" and m.paper and m.url.startswith("https://")
     assert {p.name: p.default for p in found["mixup"].params} == {"alpha": 1.0}

@@ -7,6 +7,7 @@ leaderboard page is kept in test-artifacts/suite-page.png (git-ignored) for a hu
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections import deque
@@ -92,7 +93,7 @@ def page(browser):
 
 
 def board_file(site: Path) -> Path:
-    (board,) = [p for p in site.glob("board-long-tail-v1-tiny-ratio-100-*.html") if "balanced_softmax" in p.read_text()]
+    (board,) = [p for p in site.glob("board-long-tail-v2-tiny-ratio-100-*.html") if "balanced_softmax" in p.read_text()]
     return board
 
 
@@ -145,21 +146,52 @@ def test_clicking_a_header_sorts_the_rows(site, page):
     assert page.locator("table.sortable.leaderboard thead th").nth(top1_col).get_attribute("aria-sort") == "ascending"
 
 
-def test_plots_are_present_and_visible(site, page):
+def rendered_charts(page):
+    page.wait_for_function("document.querySelectorAll('div.chart').length > 0 && "
+                           "Array.from(document.querySelectorAll('div.chart')).every(c => c.hasAttribute('data-rendered') || c.hasAttribute('data-error'))")
+    assert page.locator("div.chart[data-error]").count() == 0, page.locator("div.chart[data-error]").first.get_attribute("data-error")
+    return page.locator("div.chart")
+
+
+VISIBLE_LINES = "el => Array.from(el.querySelectorAll('g.mark-line path')).filter(p => p.getAttribute('opacity') !== '0').length"
+
+
+def test_plots_are_drawn_offline_and_readable(site, page):
     page.goto(board_file(site).as_uri())
-    charts = page.locator("svg.chart")
-    titles = [charts.nth(i).get_attribute("aria-label") for i in range(charts.count())]
+    charts = rendered_charts(page)
+    titles = [charts.nth(i).get_attribute("data-title") for i in range(charts.count())]
     assert titles[:2] == ["per-class accuracy by class frequency", "test_top1_per_epoch"] and "train_loss" in titles
     for i in range(charts.count()):
-        box = charts.nth(i).bounding_box()
+        box = charts.nth(i).locator("svg").first.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100, titles[i]
-        lines = charts.nth(i).locator("polyline")
-        assert lines.count() == 3, titles[i]  # one curve per entry
-        for j in range(lines.count()):
-            line_box = lines.nth(j).bounding_box()
-            assert line_box and line_box["width"] > 0, titles[i]
+        assert charts.nth(i).locator("g.mark-line path").count() == 3, titles[i]  # one line per entry, drawn or not
+        assert charts.nth(i).locator("g.role-legend-symbol path").count() == 3, titles[i]  # every entry in the legend
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "suite-page.png"), full_page=True)
+
+
+def test_a_chart_shows_the_leaders_and_the_baseline_and_the_legend_toggles_entries(site, page):
+    page.goto(board_file(site).as_uri())
+    chart = rendered_charts(page).nth(1)  # test_top1_per_epoch
+    spec = json.loads(page.locator(f"#{chart.get_attribute('data-spec')}").text_content())
+    shown = [v["entry"] for v in spec["layer"][0]["params"][0]["value"]]
+    leaders = [c.strip() for c in page.eval_on_selector_all(
+        "table.leaderboard tbody tr", "rows => rows.filter(r => r.cells[0].innerText.trim() === '1').map(r => r.cells[1].innerText)")]
+    assert sorted(shown) == sorted({*leaders, "ce"})  # the leaders (rank 1) and the baseline
+    assert chart.evaluate(VISIBLE_LINES) == len(shown)
+    labels = chart.locator("g.role-legend-label text")
+    index = [labels.nth(i).text_content() for i in range(labels.count())].index(shown[0])
+    labels.nth(index).click()
+    page.wait_for_timeout(300)
+    assert chart.evaluate(VISIBLE_LINES) == len(shown) - 1  # hidden on a click
+    labels.nth(index).click()
+    page.wait_for_timeout(300)
+    assert chart.evaluate(VISIBLE_LINES) == len(shown)  # and shown again
+    point = chart.locator("g.mark-symbol path").first.bounding_box()
+    page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+    page.wait_for_selector("#vg-tooltip-element.visible")
+    tip = page.locator("#vg-tooltip-element").inner_text()
+    assert "entry" in tip and "seed" in tip and any(name in tip for name in shown)
 
 
 def test_injected_names_render_as_text(site, page):
@@ -180,7 +212,7 @@ def test_site_works_when_copied_elsewhere(site, page, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(site, copy)
     page.goto((copy / "index.html").as_uri())
-    page.locator("a", has_text="v1 · scale=tiny · ratio=100").first.click()
+    page.locator("a", has_text="v2 · scale=tiny · ratio=100").first.click()
     page.wait_for_load_state()
-    assert page.url.startswith(copy.as_uri()) and page.locator("svg.chart").count() >= 2
+    assert page.url.startswith(copy.as_uri()) and rendered_charts(page).count() >= 2
     assert page.evaluate("getComputedStyle(document.querySelector('header.top')).backgroundColor") == "rgb(29, 35, 48)"  # CSS loaded

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from harness.testing import offline_environ, run_cli
-from harness_suites.continual import build_stream, continual_eval_metrics, matrix_metrics, permute_pixels, rotate
+from harness_plugins.merging import BTM, OUTPUT_ENSEMBLE
+from harness_suites.continual import build_stream, continual_eval_metrics, matrix_metrics, permute_pixels, rotate, run
 
 
 def _data(n_per_class: int = 10, k: int = 10):
@@ -77,6 +78,19 @@ def test_rotation_and_permutation_are_exact_on_the_pixel_grid():
     perm = torch.randperm(64)
     out = permute_pixels(x, perm)
     assert torch.equal(out.reshape(3, 1, 64), x.reshape(3, 1, 64)[:, :, perm])
+
+
+@pytest.mark.parametrize("method", [OUTPUT_ENSEMBLE, BTM])
+def test_the_merging_protocol_refuses_ensembles_before_loading_data(method):
+    # it evaluates one merged model; an ensemble's weight-averaged stand-in would be mislabelled
+    def unused(name):
+        raise AssertionError("the refusal comes before any data is loaded")
+
+    spec = SimpleNamespace(recipe_dict=dict, variant={"protocol": "merging", "scenario": "class", "tasks": 5}, kinds=("merging",),
+                           entry=method.name, method=lambda kind: method)
+    ctx = SimpleNamespace(spec=spec, build=lambda kind, mctx, **kw: method.create(mctx), load_dataset=unused)
+    with pytest.raises(ValueError, match="suite=merging"):
+        run(ctx)
 
 
 @pytest.mark.slow

@@ -290,10 +290,13 @@ def _plugin_sources() -> dict:
     return {name: catalog.datasets.get(name) for name in catalog.plugins["datasets"].registered["dataset"]}
 
 
-def test_plugin_registers_the_seven_sources():
+def test_plugin_registers_the_image_and_domain_sources():
     sources = _plugin_sources()
-    assert set(sources) == {"mnist5k", "digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn"}
-    assert {n for n, s in sources.items() if s.offline} == {"mnist5k", "digits"}
+    hub = {"cifar10", "cifar100", "mnist", "fashion_mnist", "svhn"}
+    built_in_or_local = {"mnist5k", "digits", "rmnist", "cmnist", "pacs", "vlcs", "office_home", "terra_incognita", "domainnet"}
+    assert set(sources) == hub | built_in_or_local
+    # offline: made from embedded data, or read from a local folder; the others come from the hub
+    assert {n for n, s in sources.items() if s.offline} == built_in_or_local
     assert all(s.summary and s.citation for s in sources.values())
     assert "LeCun" in sources["mnist"].citation and "Krizhevsky" in sources["cifar100"].citation
     assert "Netzer" in sources["svhn"].citation and "Xiao" in sources["fashion_mnist"].citation

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.store import ResultStore
-from harness.testing import run_cli
+from harness.testing import offline_environ, run_cli
 
 GRID = ("run", "suite=long_tail", "epochs=2", "method=ce,focal", "seeds=2")
 
@@ -139,7 +141,7 @@ def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert code == 2 and "pip install 'harness-bench[ray]'" in err
 
 
-@pytest.mark.parametrize(("arg", "fragment"), [("jobs=0", "bad value 0 for jobs"), ("executor=slurm", "one of local, ray"), ("timeout=-1", "bad value -1.0 for timeout"), ("address=auto", "needs executor=ray")])
+@pytest.mark.parametrize(("arg", "fragment"), [("jobs=0", "bad value 0 for jobs"), ("executor=spark", "one of local, ray, slurm"), ("timeout=-1", "bad value -1.0 for timeout"), ("address=auto", "needs executor=ray")])
 def test_bad_execution_options_fail_before_training(tmp_path, arg, fragment):
     code, _, err = run_cli(*GRID, arg, f"results={tmp_path}")
     assert code == 2 and fragment in err
@@ -219,7 +221,7 @@ def test_the_parent_watchdog_ends_a_worker_without_help_from_the_kernel(tmp_path
 STARTUP_S, RUN_S = 6.0, 0.5
 
 
-def slow_starting_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None):
+def slow_starting_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None, jobs=1):
     """A pool worker whose start-up (imports, catalog, CUDA context) takes longer than the time limit."""
     from harness.executors import die_with_parent
     from harness.spec import RunSpec
@@ -252,7 +254,7 @@ def test_the_time_limit_counts_from_the_start_of_the_run_not_of_the_worker(tmp_p
     assert [finished[s.run_id]["status"] for s in specs] == ["ok", "ok"]  # 6 s of start-up, 0.5 s runs, a 3 s limit
 
 
-def never_ending_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None):
+def never_ending_worker(index, tasks, events, threads, device, cache_dir, compile_model=False, parent_pid=None, jobs=1):
     from harness.executors import die_with_parent
     from harness.spec import RunSpec
 
@@ -323,3 +325,39 @@ def test_a_run_held_by_a_live_process_here_is_waited_for_with_its_holder_named(t
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM through submitit (its local executor stands in for a cluster)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_slurm_executor_runs_each_run_as_a_job_and_stores_it_once(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    for key, value in offline_environ(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    results = tmp_path / "results"
+    args = ("run", "suite=long_tail", "method=ce,focal", "seeds=1", "epochs=1", f"results={results}", "executor=slurm", "slurm_cluster=local",
+            "slurm_time=10", "slurm_cpus_per_task=1")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    records, problems = ResultStore(results).scan()
+    assert not problems and sorted(r["entry"] for r in records.values()) == ["ce", "focal"]
+    assert all(r["status"] == "ok" and r.get("predictions") for r in records.values())  # predictions came back from the job with the record
+    assert all((results / "runs" / rid / "predictions.parquet").is_file() for rid in records)
+    logs = list((results / "slurm").glob("*_log.out"))
+    assert len(logs) == 2  # one job per run, its log kept in the results folder's slurm/
+    code, _, err = run_cli(*args)
+    assert code == 0 and "2 run(s) already stored, skipped" in err  # nothing is submitted again
+    assert len(list((results / "slurm").glob("*_log.out"))) == 2
+
+
+def test_slurm_keys_need_executor_slurm_and_a_cluster(tmp_path):
+    code, _, err = run_cli("run", "suite=long_tail", "method=ce", "slurm_partition=gpu", f"results={tmp_path}")
+    assert code == 2 and "slurm_partition= configures SLURM jobs; it needs executor=slurm" in err
+    code, _, err = run_cli("run", "suite=long_tail", "method=ce", "seeds=1", "epochs=1", "executor=slurm", f"results={tmp_path}")
+    if importlib.util.find_spec("submitit") is None:
+        assert code == 2 and "pip install 'harness-bench[slurm]'" in err
+    elif shutil.which("srun") is None:
+        assert code == 2 and "slurm_cluster=local" in err  # no silent fallback to local processes

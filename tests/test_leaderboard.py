@@ -120,3 +120,24 @@ def test_csv_markdown_and_table(store):
     table = render(selected, "table")
     assert "top1 ↑" in table and "|" not in table.splitlines()[2]
     assert table.index("top1") < table.index("few_shot")  # primary metric first
+
+
+def test_reported_numbers_show_beside_the_reproduced_ones_where_their_setting_applies():
+    from harness.leaderboard import Board, Entry, attach_reported, render
+    from harness.reported import Reported
+
+    protocol = {"suite": "long_tail", "suite_version": "2", "scale": "paper", "variant": "ratio=100,test_dist=uniform", "dataset": "cifar10",
+                "model": "resnet32", "recipe_id": "r"}
+    ce = Entry("ce", "top1", True, metrics={"top1": {"mean": 0.70, "std": 0.01, "n": 3, "ci_low": 0.68, "ci_high": 0.72, "higher_is_better": True}})
+    focal = Entry("focal", "top1", True, metrics={"top1": {"mean": 0.71, "std": 0.01, "n": 3, "ci_low": 0.69, "ci_high": 0.73, "higher_is_better": True}})
+    paper = Reported("ce", "top1", 0.7036, "Cao et al. 2019, Table 2", suite="long_tail", scale="paper", axes=(("ratio", "100"),), recipe=(("dataset", "cifar10"),))
+    elsewhere = Reported("focal", "top1", 0.5, "another setting", suite="long_tail", scale="paper", axes=(("ratio", "10"),))
+    boards = [Board(protocol, [ce, focal], "ce")]
+    attach_reported(boards, {"long_tail": [paper, elsewhere]})
+    assert ce.reported is paper and focal.reported is None  # ratio=10 is not this board's setting
+    assert ce.diff_vs_reported == pytest.approx(0.70 - 0.7036)
+    table = render(boards, "table")
+    assert "reported" in table and "0.7036" in table and "-0.0036" in table and "Cao et al. 2019, Table 2" in table
+    tiny = [Board({**protocol, "scale": "tiny"}, [Entry("ce", "top1", True)], "ce")]
+    attach_reported(tiny, {"long_tail": [paper]})
+    assert tiny[0].entries[0].reported is None and "reported" not in render(tiny, "table")

@@ -26,3 +26,33 @@ def test_indices_keep_the_first_n_of_each_class_in_source_order():
 @pytest.mark.parametrize(("n_max", "scale", "expected"), [(400, "tiny", (80, 16)), (500, "tiny", (100, 20)), (5000, "paper", (100, 20))])
 def test_shot_thresholds_scale_with_the_head_class(n_max, scale, expected):
     assert shot_thresholds(n_max, scale) == pytest.approx(expected)
+
+
+def test_test_distributions_follow_sades_forward_and_backward_profiles():
+    from harness_suites.long_tail import TEST_DISTRIBUTIONS, test_distribution_indices
+
+    labels = torch.arange(10).repeat_interleave(100)  # 100 test images per class
+    assert len(test_distribution_indices(labels, 10, "uniform")) == 1000
+    forward = torch.bincount(labels[test_distribution_indices(labels, 10, "forward50")], minlength=10).tolist()
+    backward = torch.bincount(labels[test_distribution_indices(labels, 10, "backward50")], minlength=10).tolist()
+    # n_i = floor(100 * 50^(-i/9)): 100, 64, 41, 27, 17, 11, 7, 4, 3, 2
+    assert forward == [100, 64, 41, 27, 17, 11, 7, 4, 3, 2] and backward == forward[::-1]
+    assert "forward2" in TEST_DISTRIBUTIONS and "backward50" in TEST_DISTRIBUTIONS and TEST_DISTRIBUTIONS[0] == "uniform"
+
+
+@pytest.mark.slow
+def test_non_uniform_test_distributions_share_one_trained_model(tmp_path, monkeypatch):
+    import json
+
+    from harness.testing import offline_environ, run_cli
+
+    for key, value in offline_environ(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run_cli("run", "suite=long_tail", "method=ce", "test_dist=forward10,backward10,uniform", "seeds=1", "epochs=2", f"results={tmp_path / 'r'}")
+    assert code == 0, err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").glob("*/result.json")]
+    by_dist = {dict(r["spec"]["variant"])["test_dist"]: r for r in records}
+    forward, backward = by_dist["forward10"]["info"], by_dist["backward10"]["info"]
+    assert forward["model_artifact"] == backward["model_artifact"] and [forward["model_reused"], backward["model_reused"]].count(True) == 1
+    assert forward["test_class_counts"][0] == 100 and backward["test_class_counts"][0] == 10
+    assert "test_top1_per_epoch" in by_dist["uniform"]["series"]  # the uniform run trains with its curves

@@ -320,7 +320,7 @@ def test_registered_methods_are_complete_and_build_with_defaults():
     catalog = load_catalog(autoload=False, plugins=((kind_loss, "kind_loss"), (R, "robust_losses")))
     info = catalog.plugins["robust_losses"]
     assert info.ok, info.error
-    assert catalog.methods.names() == [*NAMES, "coteaching"]  # co-teaching trains two networks (tests/test_training_methods.py)
+    assert catalog.methods.names() == [*NAMES, "coteaching", "nested_coteaching"]  # two networks: tests/test_training_methods.py, tests/test_nested_coteaching.py
     for name in NAMES:
         m = catalog.methods.get(name)
         assert m.kind == "loss"

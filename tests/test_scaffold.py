@@ -72,7 +72,7 @@ def test_an_existing_non_empty_folder_is_refused_and_left_alone(tmp_path):
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert new_plugin("my-methods", directory=tmp_path / "empty") == tmp_path / "empty"  # a missing folder is fine
     code, _, err = run_cli("new-plugin", "my-methods", "kind=regulariser", f"dir={tmp_path / 'x'}")
-    assert code == 2 and "expected one of loss, augmentation, optimizer, merging, unlearning, tta, strategy" in err
+    assert code == 2 and f"expected one of {', '.join(scaffold_kinds(load_catalog()))} (the installed kinds with a template)" in err
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from harness.store import ResultStore
 from harness.testing import fake_record, run_cli
 
 SCRIPT = "<script>alert(1)</script>"
+SCRIPTS = ('<script src="assets/sort.js">', '<script src="assets/vega.js">', '<script src="assets/plots.js">')
 
 
 class EvilPlugin:
@@ -41,6 +43,9 @@ def with_series(record, **series):
     return record
 
 
+LT = {"version": "2", "variant": {"ratio": 100, "test_dist": "uniform"}}  # the installed long_tail card's version and axes
+
+
 @pytest.fixture
 def results(tmp_path):
     store = ResultStore(tmp_path / "results")
@@ -49,13 +54,13 @@ def results(tmp_path):
         for seed, v in enumerate(vals):
             store.write(
                 with_series(
-                    fake_record(entry=entry, seed=seed, value=v, extra={"few_shot": v / 2}),
+                    fake_record(entry=entry, seed=seed, value=v, extra={"few_shot": v / 2}, **LT),
                     per_class_accuracy=[v + 0.1, v, v - 0.1], class_counts=[100.0, 10.0, 1.0], test_top1_per_epoch=[v / 2, v],
                 )
             )
-    store.write(fake_record(entry="focal", seed=3, status="failed"))
-    store.write(fake_record(entry="focal", seed=4, status="diverged"))
-    store.write(fake_record(entry=SCRIPT, seed=0, value=0.9))  # a name straight in the database
+    store.write(fake_record(entry="focal", seed=3, status="failed", **LT))
+    store.write(fake_record(entry="focal", seed=4, status="diverged", **LT))
+    store.write(fake_record(entry=SCRIPT, seed=0, value=0.9, **LT))  # a name straight in the database
     store.write(fake_record(entry="ghost_method", seed=0, value=0.3, suite="ghost_suite"))  # suite not installed
     store.sync()
     return store.root
@@ -96,7 +101,10 @@ def test_plugin_and_database_strings_are_escaped(results, tmp_path):
             text = data.decode()
             assert "<script>alert" not in text and "<img src=x" not in text and "<b>bold" not in text, name
             assert 'href="javascript:' not in text, name
-            assert [m for m in re.findall(r"<script[^>]*>", text)] == ['<script src="assets/sort.js">'], name
+            for tag in re.findall(r"<script[^>]*>", text):  # the site's own scripts, and chart data that is not run
+                assert tag in SCRIPTS or re.fullmatch(r'<script type="application/json" class="chart-spec" id="chart-\d+">', tag), (name, tag)
+            for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S):
+                assert "<" not in block and json.loads(block)["$schema"].startswith("https://vega.github.io/schema/vega-lite/"), name
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     method = read(out, method_page("evil"))
     assert escaped in method and "&lt;img src=x onerror=alert(2)&gt;" in method
@@ -110,7 +118,7 @@ def test_file_names_are_safe_slugs(results, tmp_path):
     out = tmp_path / "site"
     publish(results, out, catalog=evil_catalog())
     for name in site_files(out):
-        assert re.fullmatch(r"[a-z0-9-]+\.html|assets/(style\.css|sort\.js)|\.harness-site", name), name
+        assert re.fullmatch(r"[a-z0-9-]+\.(html|csv|parquet)|assets/(style\.css|sort\.js|plots\.js|vega\.js)|\.harness-site", name), name
     assert (out / MARKER).is_file()
     for hostile in ("../../etc/passwd", "a/b", SCRIPT, "..", ""):
         assert re.fullmatch(r"method-[a-z0-9-]+-[0-9a-f]{8}\.html", slug(hostile, "method"))
@@ -132,11 +140,11 @@ def test_every_local_link_resolves(results, tmp_path):
 def test_board_page_has_statistics_runs_and_plots(results, tmp_path):
     out = tmp_path / "site"
     publish(results, out, catalog=evil_catalog())
-    protocol = {"suite": "long_tail", "suite_version": "1", "scale": "tiny", "variant": "ratio=100", "dataset": "mnist5k", "model": "small_cnn"}
-    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v1-tiny-ratio-100")]
+    protocol = {"suite": "long_tail", "suite_version": "2", "scale": "tiny", "variant": "ratio=100,test_dist=uniform", "dataset": "mnist5k", "model": "small_cnn"}
+    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v2-tiny-ratio-100") and n.endswith(".html")]
     page = read(out, board)
     assert board == board_page({**protocol, "recipe_id": re.search(r"recipe</th><td>([0-9a-f]{8})", page).group(1)})
-    assert "Student t" in page and "Protocol card: <a" in page and "long_tail v1</a> (version 1)" in page
+    assert "Student t" in page and "Protocol card: <a" in page and "long_tail v2</a> (version 2)" in page
     assert "[0.6852, 0.7348]" in page  # focal's 95% CI
     assert "0.008 ▲ (n=3)" in page and "+0.0900" in page and "p vs ce (t, Holm)" in page  # paired test against ce, Holm over 2
     assert "Failed and diverged runs (2)" in page and "diverged" in page
@@ -151,11 +159,11 @@ def test_uninstalled_suites_and_methods_still_get_pages(results, tmp_path):
     publish(results, out, catalog=evil_catalog())
     index = read(out, "index.html")
     assert "The protocol card is unavailable: suite <code>ghost_suite</code> is not installed here" in index
-    assert "&quot;epochs&quot;: 2" in index  # the stored recipe stands in for the card
+    assert "&#34;epochs&#34;: 2" in index  # the stored recipe stands in for the card
     ghost = read(out, method_page("ghost_method"))
     assert "is not installed here" in ghost and "ghost_suite v1" in ghost
     focal = read(out, method_page("focal"))
-    assert "Lin et al." in focal and "gamma" in focal and "harness-bench" in focal and "long_tail v1" in focal
+    assert "Lin et al." in focal and "gamma" in focal and "harness-bench" in focal and "long_tail v2" in focal
 
 
 def test_publish_command(results, tmp_path):
@@ -167,3 +175,90 @@ def test_publish_command(results, tmp_path):
     assert code == 2 and "does not take format" in err
     code, _, err = run_cli("publish", f"results={tmp_path / 'nothing'}", f"out={tmp_path / 'x'}")
     assert code == 2 and "no results database" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# drill-down, hyper-parameters, downloads, charts and the size of pages
+# ---------------------------------------------------------------------------------------------
+
+
+def chart_specs(page: str) -> dict[str, dict]:
+    """The chart specifications of a page by chart title."""
+    titles = re.findall(r'<div class="chart"[^>]*data-title="([^"]*)" data-spec="(chart-\d+)"', page)
+    blocks = dict(re.findall(r'<script type="application/json" class="chart-spec" id="(chart-\d+)">(.*?)</script>', page, re.S))
+    return {title: json.loads(blocks[spec]) for title, spec in titles}
+
+
+def board_html(out: Path) -> str:
+    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v2-tiny-ratio-100") and n.endswith(".html")]
+    return read(out, board)
+
+
+def test_each_board_can_be_downloaded_as_csv_and_parquet(results, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "site"
+    publish(results, out, catalog=evil_catalog())
+    page = board_html(out)
+    csv_name, parquet_name = re.search(r'href="(board-[a-z0-9-]+\.csv)"', page).group(1), re.search(r'href="(board-[a-z0-9-]+\.parquet)"', page).group(1)
+    board = pd.read_csv(out / csv_name)
+    assert sorted(board["method"]) == sorted(["ce", "focal", "evil", SCRIPT])
+    assert board.loc[board.method == "focal", "top1_mean"].iloc[0] == pytest.approx(0.71)
+    typed = pd.read_parquet(out / parquet_name)
+    assert list(typed.columns) == list(board.columns) and typed.loc[typed.method == "focal", "top1_mean"].iloc[0] == pytest.approx(0.71)
+    every = pd.read_parquet(out / "leaderboards.parquet")
+    assert set(every["suite"]) == {"long_tail", "ghost_suite"}
+
+
+def test_entries_drill_down_to_their_runs_and_show_their_hyper_parameters(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    for seed, value in enumerate((0.6, 0.62)):
+        store.write(fake_record(entry="ce", seed=seed, value=value, **LT))
+        record = fake_record(entry="focal", seed=seed, value=value + 0.1, **LT)
+        record["spec"]["methods"][0].update(params={"gamma": 1.0}, changed={"gamma": 1.0})
+        from harness.spec import RunSpec
+
+        spec = RunSpec.from_canonical(record["spec"])
+        record.update(run_id=spec.run_id, spec=spec.canonical(), entry=spec.entry)
+        store.write(record)
+    store.sync()
+    out = tmp_path / "site"
+    publish(store.root, out, catalog=load_catalog())
+    page = board_html(out)
+    assert "non-default hyper-parameters" in page and "focal.gamma=1.0" in page and ">defaults<" in page
+    entry = re.search(r'<a href="(entry-[a-z0-9-]+\.html)">focal\[gamma=1\.0\]</a>', page).group(1)
+    detail = read(out, entry)
+    assert "<td>gamma</td><td>1.0</td><td>2.0</td>" in detail and ">set<" in detail  # the paper's default beside the value used
+    assert len(re.findall(r'href="run-[a-z0-9-]+\.html"', detail)) == 2  # both seeds' runs
+
+
+def test_charts_draw_the_leaders_and_the_baseline_first_and_name_every_entry(results, tmp_path):
+    out = tmp_path / "site"
+    publish(results, out, catalog=evil_catalog())
+    specs = chart_specs(board_html(out))
+    assert list(specs)[:2] == ["per-class accuracy by class frequency", "test_top1_per_epoch"]
+    spec = specs["test_top1_per_epoch"]
+    selection = spec["layer"][0]["params"][0]
+    assert selection["bind"] == "legend" and [v["entry"] for v in selection["value"]] == [SCRIPT, "ce"]  # the leader (0.9) and the baseline
+    assert sorted(spec["layer"][0]["encoding"]["color"]["scale"]["domain"]) == sorted(["ce", "focal", "evil", SCRIPT])
+    tooltip = [t["field"] for t in spec["layer"][1]["encoding"]["tooltip"]]
+    assert tooltip == ["entry", "seed", "x", "value"]
+    seeds = {(r["entry"], r["seed"]) for r in spec["data"]["values"]}
+    assert ("focal", 2) in seeds  # every seed is a point
+    altair = pytest.importorskip("altair")
+    for chart in specs.values():
+        altair.LayerChart.from_dict(chart)  # valid Vega-Lite (altair checks it against the schema)
+
+
+def test_a_million_point_series_makes_a_small_page(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    record = fake_record(entry="ce", seed=0, value=0.5, **LT)
+    record["series"]["step_loss"] = [1.0 / (1 + i) for i in range(1_000_000)]
+    store.write(record)
+    store.sync()
+    out = tmp_path / "site"
+    publish(store.root, out, catalog=load_catalog())
+    run = read(out, next(n for n in site_files(out) if n.startswith("run-")))
+    assert len(run) < 500_000 and len(board_html(out)) < 500_000
+    spec = chart_specs(run)["step_loss"]
+    assert len(spec["data"]["values"]) == 2000 and "2000 bucket means" in run

@@ -9,10 +9,12 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from harness.catalog import load_catalog
+from harness.errors import HarnessError
 from harness.spec import build_grid
 from harness.suite import RunContext
 from harness.testing import run_cli
@@ -51,8 +53,105 @@ def test_cli_cell_grid_parses_forget_axis_and_methods():
     suite, specs = build_grid(load_catalog(), {"suite": "unlearning", "forget": "class", "method": "salun,ga", "seeds": "1"})
     assert suite.primary == "gap" and not suite.metric("gap").higher_is_better
     assert [s.method("unlearning").name for s in specs] == ["salun", "ga"]
-    assert all(dict(s.variant) == {"forget": "class"} for s in specs)
+    assert all(dict(s.variant) == {"forget": "class", "access": "full", "pool": 0, "klom_models": 8} for s in specs)
     assert "SalUn" in suite.card and "182 epochs" in suite.card and suite.scales["paper"].model == "resnet18"
+    assert all(not suite.metric(m).higher_is_better for m in ("klom_forget", "klom_retain", "klom_val", "params"))
+
+
+def test_pool_subsample_is_class_balanced_and_refuses_what_the_pool_cannot_give():
+    y = torch.arange(1000) % 10
+    idx = S.pool_subsample(y, 500, 10, seed=0)
+    assert len(idx) == 500 and torch.equal(torch.bincount(y[idx], minlength=10), torch.full((10,), 50))
+    assert torch.equal(idx, S.pool_subsample(y, 500, 10, seed=0)) and not torch.equal(idx, S.pool_subsample(y, 500, 10, seed=1))
+    with pytest.raises(HarnessError, match="pool=2000"):
+        S.pool_subsample(y, 2000, 10, seed=0)
+
+
+def test_sequential_requests_are_disjoint_single_images_in_a_seeded_order():
+    requests = S.sequential_requests(3600, seed=0)
+    assert len(requests) == S.SEQUENTIAL_REQUESTS and all(len(r) == S.SEQUENTIAL_REQUEST_SIZE for r in requests)
+    flat = torch.cat(requests)
+    assert len(set(flat.tolist())) == len(flat)
+    mask = S.forget_mask("sequential", torch.zeros(3600, dtype=torch.long), torch.zeros(3600, dtype=torch.bool), 0)
+    assert torch.equal(mask.nonzero().squeeze(1), flat.sort().values)
+
+
+def test_a_restricted_access_hides_inputs_and_refuses_methods_that_read_them():
+    from harness_plugins import unlearning as U
+
+    forget, retain = (torch.zeros(2, 1), torch.tensor([0, 1])), (torch.ones(3, 1), torch.tensor([1, 1, 0]))
+    assert S.visible("unlabeled_forget", forget, retain) == ((forget[0], None), retain)
+    assert S.visible("forget_only", forget, retain) == (forget, None)
+    assert S.visible("full", forget, retain) == (forget, retain)
+    S.check_access("finetune", U.FineTune(), "unlabeled_forget")
+    S.check_access("retrain", U.Retrain(), "forget_only")  # the reference is handed the retrained model
+    with pytest.raises(HarnessError, match="ga reads the forget set's labels"):
+        S.check_access("ga", U.GradientAscent(), "unlabeled_forget")
+    with pytest.raises(HarnessError, match="npo reads the retain set"):
+        S.check_access("npo", U.NPO(beta=0.1, retain_weight=1.0), "forget_only")
+    S.check_access("npo", U.NPO(beta=0.1, retain_weight=0.0), "forget_only")
+
+
+def test_changed_fraction_counts_changed_parameter_entries():
+    model = torch.nn.Linear(3, 2)  # 8 parameters
+    before = S.snapshot(model)
+    assert S.changed_fraction(before, model) == 0.0
+    with torch.no_grad():
+        model.weight[0, :2] += 1.0
+    assert S.changed_fraction(before, model) == pytest.approx(2 / 8)
+    assert S.changed_fraction(before, torch.nn.Linear(2, 2)) == 1.0  # another model: all of it is new
+
+
+# ---------------------------------------------------------------------------------------------
+# KLoM against hand-computed values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_margin_is_the_true_logit_minus_the_logsumexp_of_the_others():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    expected = [2.0 - math.log(2.0), 1.0 - math.log(math.e**0 + math.e**1)]
+    assert S.margins(logits, torch.tensor([0, 2])).tolist() == pytest.approx(expected)
+    assert S.margins(torch.tensor([[500.0, 0.0]]), torch.tensor([0])).item() == 100.0  # clipped as the reference code
+
+
+def test_binned_kl_matches_a_histogram_computed_by_hand():
+    # pooled range [0, 4], 4 bins of width 1: p = {0, 1, 1, 2} -> bins 0, 1, 1, 2; q = {1, 2, 3, 4}: the pooled
+    # maximum 4 falls past the last edge (np.digitize), so q counts 3 samples: bins 1, 2, 3
+    p, q = np.array([0.0, 1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    p_prob, q_prob = [1 / 4, 2 / 4, 1 / 4, 0], [0, 1 / 3, 1 / 3, 1 / 3]
+    q_safe = [1e-5, 1 / 3, 1 / 3, 1 / 3]  # q's empty bin where p has mass counts as eps
+    q_norm = [v / sum(q_safe) for v in q_safe]  # scipy's entropy normalises qk
+    expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p_prob, q_norm) if pi > 0)
+    assert S.binned_kl(p, q, bins=4) == pytest.approx(expected, rel=1e-9)
+    assert q_prob[0] == 0
+
+
+def test_klom_of_the_retrained_models_against_themselves_is_zero_for_both_estimators():
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(8, 30, generator=g) * 2 + 3
+    assert torch.allclose(S.klom_gaussian(reference, reference.clone()), torch.zeros(30, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(S.klom_binned(reference, reference.clone()), torch.zeros(30, dtype=torch.float64), atol=1e-12)
+    values, estimator = S.klom(reference, reference)
+    assert estimator == "gaussian" and float(values.abs().max()) < 1e-12
+
+
+def test_klom_of_a_constant_shift_matches_the_closed_form_for_two_gaussians():
+    # same spread, means c apart: KL(N(m, s^2) || N(m + c, s^2)) = c^2 / (2 s^2)
+    g = torch.Generator().manual_seed(1)
+    reference = torch.randn(8, 20, generator=g).double() * 1.5
+    shift = 0.7
+    s = reference.double().std(0)
+    expected = shift**2 / (2 * s**2)
+    assert torch.allclose(S.klom_gaussian(reference, reference + shift), expected, rtol=1e-9)
+    # and with the histogram estimator (>= 50 models a side): a shift by more than the range gives disjoint bins
+    narrow = torch.randn(60, 3, generator=g) * 0.1  # within one bin of the pooled range
+    values, estimator = S.klom(narrow, narrow + 50)
+    assert estimator == "binned" and torch.allclose(values, torch.full((3,), math.log(1 / 1e-5), dtype=torch.float64), rtol=1e-4)
+
+
+def test_klom_summary_is_the_95th_percentile_and_the_mean():
+    values = torch.arange(101, dtype=torch.float64)
+    assert S.klom_summary(values) == (pytest.approx(95.0), pytest.approx(50.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +210,7 @@ def test_average_gap_and_kl():
 
 def direct_run(tmp_path: Path, overrides: dict[str, str], data_memo: dict) -> dict:
     catalog = load_catalog()
-    _, specs = build_grid(catalog, {"suite": "unlearning", "seeds": "1", "epochs": "1", **overrides})
+    _, specs = build_grid(catalog, {"suite": "unlearning", "seeds": "1", "epochs": "1", "klom_models": "0", **overrides})
     ctx = RunContext(spec=specs[0], catalog=catalog, cache_dir=tmp_path / "cache", device="cpu", data_memo=data_memo)
     out = S.run(ctx)
     return {"metrics": out.metrics, "info": out.info, "series": out.series}
@@ -147,9 +246,9 @@ def test_noisy_protocol_forgets_the_mislabelled_subset(tmp_path):
 
 
 def test_cli_end_to_end_ranks_methods_and_reuses_the_stored_models(tmp_path):
-    code, out, err = run_cli("run", "suite=unlearning", "method=retrain,ga,salun", "seeds=1", "epochs=2", f"results={tmp_path}")
+    code, out, err = run_cli("run", "suite=unlearning", "method=retrain,ga,salun", "seeds=1", "epochs=2", "klom_models=0", f"results={tmp_path}")
     assert code == 0, err
-    assert "unlearning v2 | scale=tiny | forget=random10 | mnist5k / small_cnn" in out
+    assert "unlearning v3 | scale=tiny | access=full,forget=random10,klom_models=0,pool=0 | mnist5k / small_cnn" in out
     assert "gap ↓" in out and "ua ↑" in out and "mia ↑" in out and "rte ↓" in out
     records = {r["entry"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob("runs/*/result.json"))}
     assert set(records) == {"retrain", "ga", "salun"} and all(r["status"] == "ok" for r in records.values())
@@ -164,3 +263,39 @@ def test_cli_end_to_end_ranks_methods_and_reuses_the_stored_models(tmp_path):
         assert len(info["lr_candidates"]) == 3 and info["lr_selected"] in info["lr_candidates"]
     stored_models = list(Path(os.environ["HARNESS_CACHE"]).glob("artifacts/*.safetensors"))
     assert len(stored_models) == 2  # one original, one retrained model for the three methods
+
+
+def test_klom_run_trains_n_originals_and_2n_retrained_models_and_the_reference_sits_at_the_floor(tmp_path):
+    code, _out, err = run_cli("run", "suite=unlearning", "method=retrain,ga", "seeds=1", "epochs=1", "klom_models=2", f"results={tmp_path}")
+    assert code == 0, err
+    records = {r["entry"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob("runs/*/result.json"))}
+    for entry in ("retrain", "ga"):
+        metrics, info = records[entry]["metrics"], records[entry]["info"]
+        assert info["klom_models"] == 2 and info["klom_estimator"] == "gaussian"
+        for group in S.KLOM_GROUPS:
+            assert math.isfinite(metrics[f"klom_{group}"]["value"]) and metrics[f"klom_{group}"]["value"] >= 0.0
+            assert math.isfinite(info[f"klom_original_{group}"])
+    # the reference's unlearned models are independent retrained models: its KLoM is the noise floor, not 0
+    assert records["retrain"]["metrics"]["klom_val"]["value"] > 0.0
+    assert records["retrain"]["metrics"]["params"]["value"] == pytest.approx(1.0, abs=0.01)
+    stored_models = list(Path(os.environ["HARNESS_CACHE"]).glob("artifacts/*.safetensors"))
+    assert len(stored_models) == 2 + 4  # n originals and 2n retrained models, shared by both methods
+
+
+def test_a_method_that_reads_hidden_inputs_is_refused_by_name(tmp_path):
+    with pytest.raises(HarnessError, match="ga reads the forget set's labels, which access=unlabeled_forget hides"):
+        direct_run(tmp_path, {"method": "ga", "access": "unlabeled_forget"}, {})
+
+
+def test_sequential_protocol_serves_each_request_from_the_last_model_and_reports_its_cost(tmp_path):
+    out = direct_run(tmp_path, {"method": "s3t", "forget": "sequential", "s3t.epochs": "1", "s3t.slices": "2", "s3t.sequences": "2"}, {})
+    info, series = out["info"], out["series"]
+    assert info["requests"] == S.SEQUENTIAL_REQUESTS and info["forget_size"] == S.SEQUENTIAL_REQUESTS * S.SEQUENTIAL_REQUEST_SIZE
+    assert info["owns_training"] and info["setup_seconds"] > 0
+    assert len(series["seconds_per_request"]) == len(series["params_per_request"]) == S.SEQUENTIAL_REQUESTS
+    # a deletion deactivates layers (no parameter changes) until a shard has none left and is retrained
+    assert min(series["params_per_request"]) == 0.0 and out["metrics"]["params"] < 0.5
+    finetune = direct_run(tmp_path, {"method": "finetune", "forget": "sequential"}, {})
+    assert finetune["metrics"]["params"] > 0.9 and not finetune["info"]["owns_training"]
+    with pytest.raises(HarnessError, match="klom_models=0"):
+        direct_run(tmp_path, {"method": "finetune", "forget": "sequential", "klom_models": "2"}, {})
