@@ -9,8 +9,14 @@ load hits both), `repeats` times, and reports medians and their ratio against th
 | pipeline    | tensor-resident batches + batched crop/flip | DataLoader + per-sample torchvision transforms | >= 5x faster |
 | sweep       | 12-run grid with jobs=2                  | the same grid with jobs=1                    | >= 1.7x faster|
 | cache       | re-running a completed 30-run grid       | -                                            | < 2 s         |
-| leaderboard | query + render over 1,000,000 metric rows | -                                           | < 1 s         |
+| leaderboard | query + render over 1,000,000 metric rows | -                                           | < 0.5 s       |
 | startup     | `harness --help`, `harness list suites`  | -                                            | --help < 0.3 s|
+| store       | `harness collect` of N result files      | `harness list suites` (loading the plugins)  | < 5 s, < 300 MB|
+| store       | `harness run` in a folder of N runs, until training starts | the same in an empty folder | < 3 s |
+| store       | `harness publish` of N runs, one with a 10^6-point series | -                        | pages < 1 MB  |
+
+The store rows run whole commands in fresh processes and report their peak memory (the process's
+maximum resident set); N is `runs=N` (default `STORE_RUNS`; the targets are stated for 20,000).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("engine", "pipeline", "sweep", "cache", "leaderboard", "startup")
+BENCHMARKS = ("engine", "pipeline", "sweep", "cache", "leaderboard", "startup", "store")
+STORE_RUNS = 2000  # N of the store benchmarks by default: quick; `runs=20000` measures the stated targets
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Row:
     ratio_text: str
     target: str
     met: bool
+    peak_mb: float | None = None  # the harness command's peak resident memory, where measured
 
 
 def _median_times(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
@@ -248,7 +256,105 @@ def bench_leaderboard(repeats: int) -> Row:
         (h,) = _median_times([query_and_render], repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Row("leaderboard", "query + render, 1,000,000 metric rows (2,000 entries x 4 variants)", h, None, "-", "< 1 s", h < 1)
+    return Row("leaderboard", "query + render, 1,000,000 metric rows (2,000 entries x 4 variants)", h, None, "-", "< 0.5 s", h < 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the store at scale (whole commands)
+# ---------------------------------------------------------------------------------------------
+
+LONG_SERIES = 1_000_000  # points of the one long series the publish benchmark stores
+MAX_PAGE_BYTES = 1_000_000
+
+
+def _stored_runs(root: Path, runs: range, *, long_series: bool = False) -> None:
+    """Store valid runs numbered `runs` in a results folder (10 entries x seeds of the installed
+    long_tail card) and sync its database; with `long_series`, each stores a 10^6-point series."""
+    from harness.store import BATCH, ResultStore
+    from harness.testing import fake_record
+
+    entries = ("ce", "focal", "ldam", "balanced_softmax", "logit_adjustment", "ce+mixup", "focal+mixup", "ldam+cutmix", "ce+randaugment", "ce+cutout")
+    store = ResultStore(root)
+    for start in range(runs.start, runs.stop, BATCH):
+        records = []
+        for i in range(start, min(runs.stop, start + BATCH)):
+            r = fake_record(entry=entries[i % 10], seed=i // 10, value=(i % 997) / 997, extra={"ece": (i % 13) / 100}, version="2",
+                            variant={"ratio": 100, "test_dist": "uniform"})
+            r["series"] = {"test_top1_per_epoch": [(i % 997) / 997 * (e + 1) / 10 for e in range(10)]}
+            if long_series:
+                r["series"]["step_loss"] = [1.0 / (1 + k) for k in range(LONG_SERIES)]
+            records.append((r, None))
+        store.write_many(records)
+        store.sync(store.written_records())
+
+
+def _timed_command(args: list[str], *, until: str | None = None) -> tuple[float, float]:
+    """(seconds, peak resident MB) of `harness ARGS` in a fresh process. With `until`: the seconds
+    until a line of its output contains that text; the command is then interrupted (Ctrl-C)."""
+    import signal
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seconds, tail = None, []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = [*tail[-20:], line]
+        if until is not None and until in line:
+            seconds = time.perf_counter() - t0
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if seconds is None:
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0 or until is not None:
+            raise RuntimeError(f"`harness {' '.join(args)}` {'exited' if until is None else f'ended before printing {until!r}'} "
+                               f"(status {proc.returncode}):\n{''.join(tail)}")
+    return seconds, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _median_commands(commands: list[Callable[[], tuple[float, float]]], repeats: int) -> list[tuple[float, float]]:
+    """Commands run alternately `repeats` times: (median seconds, largest peak MB) of each."""
+    seen: list[list[tuple[float, float]]] = [[] for _ in commands]
+    for _ in range(repeats):
+        for i, command in enumerate(commands):
+            seen[i].append(command())
+    return [(statistics.median(s for s, _ in runs), max(m for _, m in runs)) for runs in seen]
+
+
+def bench_store(repeats: int, n: int = STORE_RUNS) -> list[Row]:
+    """`harness collect` of n result files, `harness run` starting in a folder of n runs, and
+    `harness publish` of n runs (one with a 10^6-point series): whole commands, fresh processes."""
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    repeats = max(1, repeats // 2)  # whole commands over thousands of files: fewer repeats
+    counter = iter(range(10**6))
+    try:
+        source = tmp / "stored"
+        _stored_runs(source, range(n))
+        collect_fresh = lambda: _timed_command(["collect", str(source), f"results={tmp / f'target{next(counter)}'}"])  # noqa: E731
+        plugins_only = lambda: _timed_command(["list", "suites"])  # noqa: E731
+        (collect_s, collect_mb), (floor_s, _) = _median_commands([collect_fresh, plugins_only], repeats)
+        grid = ["run", "suite=long_tail", "method=ce", "seeds=1", "epochs=1"]
+        empty = tmp / "empty"
+        in_store = lambda: _timed_command([*grid, f"results={source}"], until="training ")  # noqa: E731
+        in_empty = lambda: _timed_command([*grid, f"results={empty / str(next(counter))}"], until="training ")  # noqa: E731
+        (start_s, start_mb), (empty_s, _) = _median_commands([in_store, in_empty], repeats)
+        _stored_runs(source, range(n, n + 1), long_series=True)
+        site = tmp / "site"
+        (publish_s, publish_mb), = _median_commands([lambda: _timed_command(["publish", f"results={source}", f"out={site}"])], 1)
+        largest, largest_page = max((p.stat().st_size, p.name.split("-")[0]) for p in site.glob("*.html"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [
+        Row("store", f"harness collect of {n:,} result files (reference: loading the plugins)", collect_s, floor_s, f"{collect_s / floor_s:.2f}",
+            "< 5 s, < 300 MB", collect_s < 5 and collect_mb < 300, collect_mb),
+        Row("store", f"harness run in a folder of {n:,} runs, until training starts (reference: an empty folder)", start_s, empty_s,
+            f"{start_s / empty_s:.2f}", "< 3 s", start_s < 3, start_mb),
+        Row("store", f"harness publish of {n + 1:,} runs, one with a {LONG_SERIES:,}-point series (largest page {largest / 1e3:,.0f} kB, a {largest_page} page)", publish_s, None, "-",
+            f"pages < {MAX_PAGE_BYTES / 1e6:g} MB", largest < MAX_PAGE_BYTES, publish_mb),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +362,13 @@ def bench_leaderboard(repeats: int) -> Row:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_benchmarks(only: list[str], repeats: int, progress: Callable[[str], None]) -> list[Row]:
+def run_benchmarks(only: list[str], repeats: int, progress: Callable[[str], None], *, store_runs: int = STORE_RUNS) -> list[Row]:
     rows: list[Row] = []
     for name in only:
         progress(f"bench {name} ...")
+        if name == "store":
+            rows.extend(bench_store(repeats, store_runs))
+            continue
         result = {"engine": bench_engine, "pipeline": bench_pipeline, "sweep": bench_sweep, "cache": bench_cache, "leaderboard": bench_leaderboard, "startup": bench_startup}[name](repeats)
         rows.extend(result if isinstance(result, list) else [result])
     return rows
@@ -269,10 +378,11 @@ def render_rows(rows: list[Row], fmt: str = "table") -> str:
     from tabulate import tabulate
 
     table = [
-        [r.name, r.what, f"{r.harness_s:.3f}", "-" if r.reference_s is None else f"{r.reference_s:.3f}", r.ratio_text, r.target, "yes" if r.met else "NO"]
+        [r.name, r.what, f"{r.harness_s:.3f}", "-" if r.reference_s is None else f"{r.reference_s:.3f}", r.ratio_text,
+         "-" if r.peak_mb is None else f"{r.peak_mb:.0f}", r.target, "yes" if r.met else "NO"]
         for r in rows
     ]
-    headers = ["benchmark", "what", "harness (s, median)", "reference (s, median)", "ratio", "target", "met"]
+    headers = ["benchmark", "what", "harness (s, median)", "reference (s, median)", "ratio", "peak MB", "target", "met"]
     return tabulate(table, headers=headers, tablefmt="github" if fmt == "markdown" else "simple")
 
 

@@ -654,18 +654,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import BENCHMARKS, machine_description, render_rows, run_benchmarks
+    from harness.bench import BENCHMARKS, STORE_RUNS, machine_description, render_rows, run_benchmarks
     from harness.params import Param
     from harness.spec import parse_overrides, split_values
 
     overrides = parse_overrides(args.overrides)
-    _only(overrides, {"only", "repeats", "out"}, "bench")
+    _only(overrides, {"only", "repeats", "out", "runs"}, "bench")
     only = split_values(overrides.get("only", ",".join(BENCHMARKS)))
     unknown = [b for b in only if b not in BENCHMARKS]
     if unknown:
         raise HarnessError(f"unknown benchmark(s) {', '.join(unknown)}; valid: {', '.join(BENCHMARKS)}")
     repeats = Param("repeats", int, 5, low=1, high=100).parse(overrides.get("repeats", "5"), where="repeats")
-    rows = run_benchmarks(only, repeats, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    store_runs = Param("runs", int, STORE_RUNS, low=10).parse(overrides.get("runs", str(STORE_RUNS)), where="runs")
+    rows = run_benchmarks(only, repeats, progress=lambda text: print(text, file=sys.stderr, flush=True), store_runs=store_runs)
     text = f"machine: {machine_description()}\nmedians of {repeats} interleaved repeats\n\n{render_rows(rows)}"
     print(text)
     if "out" in overrides:
@@ -807,7 +808,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="write a self-contained static leaderboard site", description="Keys: out=DIR (default site), results=DIR. Open DIR/index.html from disk or any static host; no network needed.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_publish)
-    p = sub.add_parser("bench", help="measure the speed targets side by side (medians and ratios)", description="Keys: only=engine,pipeline,sweep,cache,leaderboard,startup (default all), repeats=N (default 5), out=FILE.md.")
+    p = sub.add_parser("bench", help="measure the speed targets side by side (medians and ratios)", description="Keys: only=engine,pipeline,sweep,cache,leaderboard,startup,store (default all), repeats=N (default 5), out=FILE.md, runs=N (the store benchmarks' stored runs, default 2000).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("new-plugin", help="create a plugin package with an example method, ready to pip install", description="Write ./NAME (or dir=PATH): pyproject with the harness entry point, a module with one example method, its test (the conformance kit) and a README. Keys: kind=KIND (any installed kind with a template, see `harness list kinds`; default loss), dir=PATH.")

@@ -55,7 +55,8 @@ DB_COLUMNS = {
 }
 OPTIONAL_DB_COLUMNS = {("runs", "baseline")}  # databases made before runs recorded their baseline
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
-MAX_PENDING_BYTES = 64 * 2**20  # predictions held for one batch of copies at most: memory stays bounded
+MAX_PENDING_BYTES = 64 * 2**20  # predictions and series held for one batch of copies at most: memory stays bounded
+SERIES_VALUE_BYTES = 100  # what one series value costs while a batch is written and ingested (Python float, list and frame slots)
 
 
 @dataclass
@@ -103,7 +104,8 @@ def _expected_id(path: Path) -> str | None:
 
 @dataclass
 class Candidate:
-    """A checked record from a source, with the bytes of its checked predictions file (if any)."""
+    """A checked record from a source (it passed `validate_record`; its predictions, if any, were
+    checked against it), with the bytes of its predictions file."""
 
     where: str
     record: dict[str, Any]
@@ -393,7 +395,7 @@ def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any
     def store_pending() -> None:
         nonlocal pending_bytes
         if pending:
-            store.write_many(pending)
+            store.write_many(pending, checked=True)  # every candidate was validated where it was read
             sync = store.sync(store.written_records())
             report.ingested += sync.ingested
             report.skipped.merge(sync)
@@ -406,7 +408,7 @@ def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any
         if held is not None and (held == "ok" or record["status"] != "ok"):
             continue  # de-duplicate: keep what we have unless the newcomer succeeded where ours did not
         pending.append((record, candidate.predictions))
-        pending_bytes += len(candidate.predictions or b"")
+        pending_bytes += len(candidate.predictions or b"") + SERIES_VALUE_BYTES * sum(len(v) for v in record["series"].values())
         existing[record["run_id"]] = record["status"]
         report.copied += 1
         if len(pending) >= BATCH or pending_bytes >= MAX_PENDING_BYTES:

@@ -15,6 +15,7 @@ harness/stats.py.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -586,9 +587,44 @@ def axes_match(label: str, wanted: dict[str, list[str]]) -> bool:
     return all(key in axes and any(_same_value(axes[key], v) for v in values) for key, values in wanted.items())
 
 
-def render(boards: list[Board], fmt: str = "table") -> str:
-    from tabulate import tabulate
+_UNSAFE_CELL = ("\n", "\r", "\x1b", "\t")  # multi-line, ANSI-coloured or tabbed text: left to tabulate's own handling
 
+
+@functools.cache
+def _wide_chars() -> bool:
+    """Whether tabulate measures text with wcwidth (wide and combining characters) rather than len."""
+    import importlib.util
+
+    return importlib.util.find_spec("wcwidth") is not None
+
+
+def text_table(rows: list[list[Any]], headers: list[str], tablefmt: str) -> str:
+    """What `tabulate(rows, headers, tablefmt, disable_numparse=True)` gives for the "simple" and
+    "github" formats (every column left-aligned text, cells stripped), written directly: a board
+    of thousands of entries is laid out in a few milliseconds instead of tabulate's per-cell type
+    inference. Text tabulate treats specially (several lines, ANSI codes, tabs, or non-ASCII
+    where it measures width with wcwidth) goes to tabulate itself."""
+    cells = [["" if v is None else str(v).strip() for v in row] for row in rows]
+    texts = [*headers, *(c for row in cells for c in row)]
+    if tablefmt not in ("simple", "github") or not cells or any(ch in t for t in texts for ch in _UNSAFE_CELL) or (_wide_chars() and not all(t.isascii() for t in texts)):
+        from tabulate import tabulate
+
+        return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    widths = [len(h) + 2 for h in headers]  # tabulate's minimum padding of a header
+    for row in cells:
+        for i, c in enumerate(row):
+            if len(c) > widths[i]:
+                widths[i] = len(c)
+    if tablefmt == "simple":
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    else:
+        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def render(boards: list[Board], fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(finite_or_null(to_records(boards)), indent=2, allow_nan=False)
     if fmt == "csv":
@@ -623,5 +659,5 @@ def render(boards: list[Board], fmt: str = "table") -> str:
             note += "\n" + DISAGREEMENT_NOTE
         if b.selections:
             note += "\n" + tuning.note(b.selections)
-        parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)}\n\n{note}\n")
+        parts.append(f"{heading}\n\n{text_table(rows, headers, tablefmt)}\n\n{note}\n")
     return "\n".join(parts)

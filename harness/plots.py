@@ -4,8 +4,11 @@ Vega-Embed, from the site's own copy of the Vega libraries: no network).
 A board's chart shows every entry but draws only the leaders and the baseline at first; a click
 on an entry in the legend shows or hides it, and hovering a point names its entry, seed and value.
 Each point is one seed's value; each line is the mean over seeds. Series longer than
-`MAX_POINTS` are averaged into `MAX_POINTS` consecutive buckets before they are drawn, so a run
-that stores a million-point curve still makes a page of a few hundred kilobytes.
+`MAX_POINTS` are averaged into `MAX_POINTS` consecutive buckets as they are read (`reduce`), so a
+run that stores a million-point curve still makes a page of a few hundred kilobytes and the site
+never holds the million points; a chart of many runs shares `MAX_CHART_POINTS` among them (each
+run's curve averaged into fewer buckets, or, for thousands of runs, one mean curve per entry), so a
+board of thousands of runs stays a bounded page.
 
 Specifications are plain JSON built here in a fixed order (no generated names or counters), so the
 same results give the same bytes.
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"  # an identifier only: nothing is fetched
 MAX_POINTS = 2000  # per series and seed
+MAX_CHART_POINTS = 10_000  # per chart, shared among its runs (a point is ~60 bytes of page: ~600 kB)
+MIN_RUN_POINTS = 20  # below this share per run, a chart draws each entry's mean over seeds instead of every run
 WIDTH, HEIGHT = 520, 300
 SELECTION = "shown"
 
@@ -37,6 +42,59 @@ def downsample(values: Sequence[float | None], limit: int = MAX_POINTS) -> tuple
         xs.append((lo + hi - 1) / 2)
         ys.append(math.fsum(chunk) / len(chunk) if chunk else None)
     return xs, ys, True
+
+
+class Series(NamedTuple):
+    """A stored series as it is drawn: x positions, values (bucket means where the series was
+    longer than the limit it was reduced to) and the number of values stored."""
+
+    xs: list[float]
+    ys: list[float | None]
+    length: int
+
+    @property
+    def reduced(self) -> bool:
+        return len(self.ys) < self.length
+
+    def limited(self, limit: int) -> Series:
+        """At most `limit` points: consecutive points averaged (x and y) into `limit` buckets."""
+        if len(self.ys) <= limit:
+            return self
+        _, xs, _ = downsample(self.xs, limit)  # a bucket's x: the mean of its points' x
+        _, ys, _ = downsample(self.ys, limit)
+        return Series([float(x) for x in xs], ys, self.length)
+
+
+def reduce(values: Sequence[float | None], limit: int = MAX_POINTS) -> Series:
+    """A stored series as drawn: at most `limit` points (see `downsample`)."""
+    xs, ys, _ = downsample(values, limit)
+    return Series(xs, ys, len(values))
+
+
+def reduce_stream(rows: Iterable[tuple[int, float | None]], length: int, limit: int = MAX_POINTS) -> Series:
+    """`reduce` of a series of `length` values given as (index, value) rows in index order (an
+    index not given is a missing value), without holding more than one bucket of it."""
+    if length <= limit:
+        values: list[float | None] = [None] * length
+        for idx, value in rows:
+            values[idx] = value
+        return reduce(values, limit)
+    xs = [(b * length // limit + (b + 1) * length // limit - 1) / 2 for b in range(limit)]
+    ys: list[float | None] = [None] * limit
+    bucket, chunk = 0, []
+
+    def close() -> None:
+        ys[bucket] = math.fsum(chunk) / len(chunk) if chunk else None
+
+    for idx, value in rows:
+        b = ((idx + 1) * limit - 1) // length  # the bucket b with b*length//limit <= idx < (b+1)*length//limit
+        if b != bucket:
+            close()
+            bucket, chunk = b, []
+        if value is not None and math.isfinite(value):
+            chunk.append(value)
+    close()
+    return Series(xs, ys, length)
 
 
 def _number(x: float | None) -> float | None:
@@ -91,26 +149,57 @@ def line_chart(rows: list[dict[str, Any]], *, entries: list[str], shown: list[st
     }
 
 
-def series_rows(per_entry: list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]], name: str, *, first: int) -> tuple[list[dict[str, Any]], bool]:
-    """Rows (entry, seed, x, value) of one series over every entry and seed; whether any was downsampled."""
-    rows, reduced = [], False
-    for entry, runs in per_entry:
-        for seed, series in runs:
-            if name not in series:
-                continue
-            xs, ys, cut = downsample(series[name])
-            reduced |= cut
-            rows += [{"entry": entry, "seed": seed, "x": x + first, "value": _number(v)} for x, v in zip(xs, ys) if _number(v) is not None]
-    return rows, reduced
+PerEntry = list[tuple[str, list[tuple[int, dict[str, Series]]]]]  # (entry, [(seed, its series by name)])
 
 
-def per_class_rows(per_entry: list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]], acc: str, counts: str) -> list[dict[str, Any]]:
+def series_rows(per_entry: PerEntry, name: str, *, first: int) -> tuple[list[dict[str, Any]], str]:
+    """Rows (entry, seed, x, value) of one series over every entry and seed, within
+    MAX_CHART_POINTS, and what the caption should say of any reduction ("" where none).
+
+    Every run is drawn while the runs' points fit; otherwise their share of MAX_CHART_POINTS
+    each, as long as that leaves a run MIN_RUN_POINTS; beyond that (thousands of runs), each
+    entry is drawn as one curve, the mean over its seeds of their curves (bucket by bucket)."""
+    curves = [(entry, seed, series[name]) for entry, runs in per_entry for seed, series in runs if name in series]
+    if not curves:
+        return [], ""
+    length = max(c.length for _, _, c in curves)
+    limit = MAX_CHART_POINTS // len(curves)
+    if limit < MIN_RUN_POINTS and sum(len(c.ys) for _, _, c in curves) > MAX_CHART_POINTS:
+        return _entry_mean_rows(curves, first, length)
+    rows, drawn = [], 0
+    for entry, seed, c in curves:
+        c = c.limited(max(1, min(MAX_POINTS, limit)))
+        if c.reduced:
+            drawn = max(drawn, len(c.ys))
+        rows += [{"entry": entry, "seed": seed, "x": x + first, "value": _number(v)} for x, v in zip(c.xs, c.ys) if _number(v) is not None]
+    return rows, (f"{length} values per run, drawn as {drawn} bucket means" if drawn else "")
+
+
+def _entry_mean_rows(curves: list[tuple[str, int, Series]], first: int, length: int) -> tuple[list[dict[str, Any]], str]:
+    """One curve per entry: at each bucket, the mean over the entry's seeds of their bucket means."""
+    by_entry: dict[str, list[Series]] = {}
+    for entry, _, c in curves:
+        by_entry.setdefault(entry, []).append(c)
+    limit = max(1, min(MAX_POINTS, MAX_CHART_POINTS // len(by_entry)))
+    rows = []
+    for entry, seeds in by_entry.items():
+        reduced = [c.limited(limit) for c in seeds]
+        for i in range(max(len(c.ys) for c in reduced)):
+            at = [c for c in reduced if i < len(c.ys)]
+            ys = [c.ys[i] for c in at if c.ys[i] is not None and math.isfinite(c.ys[i])]
+            if ys:
+                x = math.fsum(c.xs[i] for c in at) / len(at)
+                rows.append({"entry": entry, "seed": f"mean of {len(seeds)}", "x": x + first, "value": _number(math.fsum(ys) / len(ys))})
+    return rows, f"{len(curves)} runs: each entry drawn as the mean over its seeds ({length} values per run, at most {limit} points per entry)"
+
+
+def per_class_rows(per_entry: PerEntry, acc: str, counts: str) -> list[dict[str, Any]]:
     """Rows (entry, seed, x = training images of the class, value = its test accuracy)."""
     rows = []
     for entry, runs in per_entry:
         for seed, series in runs:
             if acc in series and counts in series:
-                for a, c in zip(series[acc], series[counts]):
+                for a, c in zip(series[acc].ys, series[counts].ys):
                     if _number(a) is not None and c is not None and c > 0:
                         rows.append({"entry": entry, "seed": seed, "x": float(c), "value": _number(a)})
     return rows

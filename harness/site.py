@@ -40,9 +40,11 @@ import functools
 import hashlib
 import html
 import json
+import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,7 @@ MARKER_TEXT = "This folder was written by `harness publish`; publishing again re
 PER_CLASS, CLASS_COUNTS = "per_class_accuracy", "class_counts"
 MAX_TEXT = 20_000  # characters of a run's info, error or provenance shown on its page
 SHOWN_LEADERS = 5  # entries of rank 1 drawn at first in a board's charts (with the baseline)
+MAX_RUN_LINKS = 30  # runs linked from a board's row (its entry page links every run)
 ALL_BOARDS = "leaderboards"
 
 
@@ -295,7 +298,7 @@ _RUN_COLUMNS = (
 class SiteData:
     runs: dict[str, dict[str, Any]]  # run id -> row (spec, provenance, info parsed)
     metrics: dict[str, list[tuple[str, float | None, bool]]]  # run id -> (name, value, higher_is_better) in suite order
-    series: dict[str, dict[str, list[float | None]]]
+    series: dict[str, dict[str, plots.Series]]  # run id -> name -> the series as drawn (reduced to plots.MAX_POINTS)
     boards: list[Board]
     suites: dict[str, Any]  # installed Suite objects by name
     methods: dict[str, Any]  # installed Method objects by name
@@ -318,11 +321,7 @@ def load_site_data(con: Any, catalog: Any) -> SiteData:
     metrics: dict[str, list[tuple[str, float | None, bool]]] = defaultdict(list)
     for run_id, name, value, hib, _ in con.execute("SELECT run_id, name, value, higher_is_better, position FROM metrics ORDER BY run_id, position, name").fetchall():
         metrics[run_id].append((name, value, bool(hib)))
-    series: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
-    for run_id, name, idx, value in con.execute("SELECT run_id, name, idx, value FROM series ORDER BY run_id, name, idx").fetchall():
-        values = series[run_id].setdefault(name, [])
-        values.extend([None] * (idx - len(values)))
-        values.append(value)
+    series = load_series(con)
     baselines = {name: s.baseline for name, s in suites.items()}
     boards = build_boards(con, baselines=baselines)
     if catalog is not None:
@@ -337,6 +336,45 @@ def load_site_data(con: Any, catalog: Any) -> SiteData:
         for b in build_boards(con, baselines=baselines, test="mcnemar"):
             data.mcnemar[board_key(b)] = {e.method: comparison_text(b, e)[1] for e in b.entries}
     return data
+
+
+SERIES_FETCH = 100_000  # series rows read at a time
+
+
+def load_series(con: Any) -> dict[str, dict[str, plots.Series]]:
+    """Every stored series, reduced to plots.MAX_POINTS as it is read, a slice of rows at a time:
+    the short ones in one sorted pass, each long one on its own, folded into its buckets as its
+    rows arrive. Memory holds the reduced series and one slice of rows, never a long series whole."""
+    series: dict[str, dict[str, plots.Series]] = defaultdict(dict)
+    limit = plots.MAX_POINTS
+    current: tuple[str, str] | None = None
+    values: list[float | None] = []
+
+    def finish() -> None:
+        if current is not None:
+            series[current[0]][current[1]] = plots.reduce(values)
+
+    short = ("SELECT run_id, name, idx, value FROM series WHERE (run_id, name) IN "
+             "(SELECT (run_id, name) FROM series GROUP BY run_id, name HAVING max(idx) < ?) ORDER BY run_id, name, idx")
+    cursor = con.execute(short, [limit])
+    while rows := cursor.fetchmany(SERIES_FETCH):
+        for run_id, name, idx, value in rows:
+            if (run_id, name) != current:
+                finish()
+                current, values = (run_id, name), []
+            values.extend([None] * (idx - len(values)))
+            values.append(value)
+    finish()
+    long = con.execute("SELECT run_id, name, max(idx) + 1 FROM series GROUP BY run_id, name HAVING max(idx) >= ? ORDER BY run_id, name", [limit]).fetchall()
+    for run_id, name, length in long:
+        cursor = con.execute("SELECT idx, value FROM series WHERE run_id = ? AND name = ? ORDER BY idx", [run_id, name])
+        series[run_id][name] = plots.reduce_stream(_rows(cursor), length, limit)
+    return dict(series)
+
+
+def _rows(cursor: Any) -> Any:
+    while rows := cursor.fetchmany(SERIES_FETCH):
+        yield from rows
 
 
 def run_methods(run: dict[str, Any]) -> list[str]:
@@ -480,7 +518,10 @@ def board_table(data: SiteData, board: Board) -> tuple[list[str], list[Row], lis
         params = sorted({p for r in entry_runs for p in changed_params(r)})
         cells.append(Cell(", ".join(params) if params else "defaults", cls="" if params else "muted"))
         cells += [num(str(e.ok), e.ok), num(str(e.not_ok), e.not_ok), num(str(e.diverged), e.diverged)]
-        cells.append(Cell(links=[(run_page(r["run_id"]), f"s{r['seed']}" + ("" if r["status"] == "ok" else f" ({r['status']})")) for r in entry_runs], sep=" "))
+        links = [(run_page(r["run_id"]), f"s{r['seed']}" + ("" if r["status"] == "ok" else f" ({r['status']})")) for r in entry_runs[:MAX_RUN_LINKS]]
+        if len(entry_runs) > MAX_RUN_LINKS:  # the entry page lists them all; a board of thousands of seeds stays a small page
+            links.append((entry_page(board.protocol, runs_of(e)), f"… all {len(entry_runs)} runs"))
+        cells.append(Cell(links=links, sep=" "))
         classes = [f"rank-{'odd' if (e.rank or 0) % 2 else 'even'}"] + (["baseline"] if e.method == board.baseline else [])
         rows.append(Row(cells, " ".join(classes)))
     notes = []
@@ -539,7 +580,7 @@ def _x_axis(name: str, length: int, epochs: Any) -> tuple[str, int]:
     return "index", 0
 
 
-def series_charts(per_entry: list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]], *, epochs: Any, shown: list[str]) -> list[Chart]:
+def series_charts(per_entry: plots.PerEntry, *, epochs: Any, shown: list[str]) -> list[Chart]:
     """The per-class chart, then one chart per stored series (per-epoch curves first)."""
     entries = [label for label, _ in per_entry]
     shown = [e for e in shown if e in entries] or entries[:SHOWN_LEADERS]
@@ -555,15 +596,15 @@ def series_charts(per_entry: list[tuple[str, list[tuple[int, dict[str, list[floa
         names = [n for n in names if n not in (PER_CLASS, CLASS_COUNTS)]
     names.sort(key=lambda n: (not n.endswith("_per_epoch"), n))
     for name in names:
-        length = max((len(s[name]) for _, runs in per_entry for _, s in runs if name in s), default=0)
+        length = max((s[name].length for _, runs in per_entry for _, s in runs if name in s), default=0)
         x_title, first = _x_axis(name, length, epochs)
-        rows, reduced = plots.series_rows(per_entry, name, first=first)
+        rows, reduction = plots.series_rows(per_entry, name, first=first)
         if not rows:
             continue
-        spec = plots.line_chart(rows, entries=entries, shown=shown, x_title=x_title, y_title=name, integer_x=not reduced, mean_line=several)
+        spec = plots.line_chart(rows, entries=entries, shown=shown, x_title=x_title, y_title=name, integer_x=not reduction, mean_line=several)
         caption = f"{name}: " + ("mean over seeds (line) and each seed (points)" if several else "the stored values")
-        if reduced:
-            caption += f"; {length} values per run, drawn as {plots.MAX_POINTS} bucket means"
+        if reduction:
+            caption += f"; {reduction}"
         out.append(Chart(name, caption, spec))
     return out
 
@@ -574,23 +615,29 @@ def series_charts(per_entry: list[tuple[str, list[tuple[int, dict[str, list[floa
 
 
 class Site:
-    def __init__(self, data: SiteData, env: Any):
+    """Renders the pages and downloads one at a time, handing each to `emit(relative path, bytes)`
+    as soon as it is made, so memory holds one page, never the whole site."""
+
+    def __init__(self, data: SiteData, env: Any, emit: Callable[[str, bytes], None]):
         self.data = data
         self.env = env
-        self.pages: dict[str, str] = {}
-        self.files: dict[str, bytes] = {}  # downloads beside the pages
+        self.emit = emit
+        self.pages = 0
 
     def page(self, file_name: str, template: str, title: str, crumbs: list[tuple[str, str]] = (), charts: list[Chart] = (), **context: Any) -> None:
         specs = []
         for i, chart in enumerate(charts):
             chart.spec_id = f"chart-{i}"
             specs.append({"id": chart.spec_id, "json": Markup(plots.spec_json(chart.spec))})  # escaped for a script block by spec_json
-        self.pages[file_name] = self.env.get_template(template).render(
+        text = self.env.get_template(template).render(
             title=title, crumbs=list(crumbs), chart_specs=specs, charts=list(charts), test_name=TEST_NAMES["t"], correction_name=CORRECTION_NAMES["holm"], **context,
         )
+        self.emit(file_name, text.encode("utf-8"))
+        self.pages += 1
 
     # -- the whole site ---------------------------------------------------------------------------
-    def build(self) -> dict[str, str]:
+    def build(self) -> int:
+        """Emit every page and download; the number of pages."""
         d = self.data
         suites = sorted({r["suite"] for r in d.runs.values()})
         boards_by_suite: dict[str, list[Board]] = defaultdict(list)
@@ -616,10 +663,10 @@ class Site:
         from harness.tables import leaderboard_csv, leaderboard_frame, parquet_bytes
 
         for b in self.data.boards:
-            self.files[board_page(b.protocol, "csv")] = leaderboard_csv([b])
-            self.files[board_page(b.protocol, "parquet")] = parquet_bytes(leaderboard_frame([b]))
-        self.files[f"{ALL_BOARDS}.csv"] = leaderboard_csv(self.data.boards) if self.data.boards else b""
-        self.files[f"{ALL_BOARDS}.parquet"] = parquet_bytes(leaderboard_frame(self.data.boards))
+            self.emit(board_page(b.protocol, "csv"), leaderboard_csv([b]))
+            self.emit(board_page(b.protocol, "parquet"), parquet_bytes(leaderboard_frame([b])))
+        self.emit(f"{ALL_BOARDS}.csv", leaderboard_csv(self.data.boards) if self.data.boards else b"")
+        self.emit(f"{ALL_BOARDS}.parquet", parquet_bytes(leaderboard_frame(self.data.boards)))
 
     def _versions(self, suite: str) -> list[str]:
         return sorted({str(r["suite_version"]) for r in self.data.runs.values() if r["suite"] == suite})
@@ -651,9 +698,9 @@ class Site:
         self.page(suite_page(suite), "suite.html", f"suite {suite}", boards=boards_rows(self.data, boards), boards_headers=BOARDS_HEADERS,
                   card=suite_card(self.data, suite, self._versions(suite)))
 
-    def _per_entry(self, board: Board, entries: list[str]) -> list[tuple[str, list[tuple[int, dict[str, list[float | None]]]]]]:
+    def _per_entry(self, board: Board, entries: list[str]) -> plots.PerEntry:
         runs = self.data.board_runs.get(board_key(board), [])
-        by_entry: dict[str, list[tuple[int, dict[str, list[float | None]]]]] = defaultdict(list)
+        by_entry: dict[str, list[tuple[int, dict[str, plots.Series]]]] = defaultdict(list)
         for r in sorted(runs, key=lambda r: (r["seed"], r["run_id"])):
             if r["status"] == "ok" and r["entry"] in entries:
                 by_entry[r["entry"]].append((r["seed"], self.data.series.get(r["run_id"], {})))
@@ -823,19 +870,25 @@ class PublishReport:
     runs: int
 
 
-def _prepare_out(out: Path) -> None:
-    """Create `out`, or empty it if an earlier publish wrote it; never touch another folder's files."""
+def _check_out(out: Path) -> None:
+    """Refuse an `out` that is a file, or a folder that an earlier publish did not write."""
     if out.exists() and not out.is_dir():
         raise HarnessError(f"out={out} is a file; give a folder for the site")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise HarnessError(f"out={out} exists and was not written by `harness publish`; choose an empty or new folder")
-        for child in sorted(out.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise HarnessError(f"out={out} exists and was not written by `harness publish`; choose an empty or new folder")
+
+
+def _replace_contents(out: Path, staged: Path) -> None:
+    """Empty `out` (an earlier publish's folder, or a new one) and move the staged site into it."""
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    for child in sorted(out.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    for child in sorted(staged.iterdir()):
+        os.replace(child, out / child.name)
 
 
 def environment(src: Path) -> Any:
@@ -846,42 +899,58 @@ def environment(src: Path) -> Any:
     )
 
 
-def render_site(con: Any, catalog: Any) -> dict[str, bytes]:
-    """Every file of the site by relative path (pure: the same database gives the same bytes)."""
+def render_site(con: Any, catalog: Any, emit: Callable[[str, bytes], None] | None = None) -> dict[str, bytes]:
+    """Every file of the site by relative path (pure: the same database gives the same bytes).
+    With `emit`, each file is handed to it as it is made and nothing is kept (the dict is empty)."""
+    files: dict[str, bytes] = {}
+    emit = emit or files.__setitem__
     src = assets_dir()
-    site = Site(load_site_data(con, catalog), environment(src))
-    pages = site.build()
-    files = {name: text.encode("utf-8") for name, text in pages.items()}
-    files.update(site.files)
+    Site(load_site_data(con, catalog), environment(src), emit).build()
     for asset in ASSETS:
-        files[f"assets/{asset}"] = (src / asset).read_bytes()
-    files[f"assets/{VEGA_ASSET}"] = vega_bundle()
-    files[MARKER] = MARKER_TEXT.encode("utf-8")
+        emit(f"assets/{asset}", (src / asset).read_bytes())
+    emit(f"assets/{VEGA_ASSET}", vega_bundle())
+    emit(MARKER, MARKER_TEXT.encode("utf-8"))
     return files
 
 
 def publish(results: Path, out: Path, *, catalog: Any = None) -> PublishReport:
-    """Write the site for the results folder `results` into `out` (see the module doc)."""
+    """Write the site for the results folder `results` into `out` (see the module doc).
+
+    Pages are written as they are rendered into a staging folder beside `out`, which replaces
+    `out`'s contents only once the whole site is made: memory holds one page at a time, and a
+    publish that fails leaves the earlier site as it was."""
     from harness.store import ResultStore
 
+    out = Path(out)
+    _check_out(out)
     store = ResultStore(results)  # a missing or unreadable database is built from the result files, with warnings
     if catalog is None:
         from harness.catalog import load_catalog
 
         catalog = load_catalog()
-    con = store.connect(read_only=True)
-    try:
-        files = render_site(con, catalog)
-        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
-    finally:
-        con.close()
-    out = Path(out)
-    _prepare_out(out)
-    root = out.resolve()
-    for rel in sorted(files):
-        path = (out / rel).resolve()
+    staged = out.parent / f".{out.name}.publishing-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    root = staged.resolve()
+    pages = 0
+
+    def write(rel: str, data: bytes) -> None:
+        nonlocal pages
+        path = (staged / rel).resolve()
         if root not in path.parents:  # file names are generated slugs; this cannot happen, so fail loudly
             raise HarnessError(f"refusing to write {rel!r} outside {out}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(files[rel])
-    return PublishReport(out=out, pages=sum(1 for f in files if f.endswith(".html")), runs=runs)
+        path.write_bytes(data)
+        pages += rel.endswith(".html")
+
+    try:
+        con = store.connect(read_only=True)
+        try:
+            render_site(con, catalog, emit=write)
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        finally:
+            con.close()
+        _replace_contents(out, staged)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return PublishReport(out=out, pages=pages, runs=runs)

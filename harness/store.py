@@ -436,18 +436,25 @@ class ResultStore:
         (path,) = self.write_many([(record, predictions)])
         return path
 
-    def write_many(self, items: Iterable[tuple[dict[str, Any], bytes | None]]) -> list[Path]:
+    def write_many(self, items: Iterable[tuple[dict[str, Any], bytes | None]], *, checked: bool = False) -> list[Path]:
         """Write several runs' result files (record, predictions bytes or None), each as `write`
         does: checked, atomically, durable before it is renamed into place. For more than one
         file the data reach the disk through one flush of the file system instead of one fsync
         per file (`harness collect` writes thousands). Returns the paths (a run given twice is
         written once, as given last); the records as written
-        are what a following `sync(self.written_records())` ingests without reading them back."""
+        are what a following `sync(self.written_records())` ingests without reading them back.
+
+        `checked=True`: the records already passed `validate_record` and hold no NaN or infinity
+        (records read with `read_result` do, and predictions were checked with them), so they are
+        not checked a second time: checking is most of the cost of writing thousands."""
         pending: dict[str, tuple[dict[str, Any], bytes | None]] = {}  # a run given twice is written as given last
         for record, predictions in items:
             record = dict(record)
             payload = record.pop(PREDICTIONS_PAYLOAD, None)
             predictions = predictions if predictions is not None else payload
+            if checked:
+                pending[record["run_id"]] = (record, predictions)
+                continue
             record = validate_record(json_safe(record))
             summary = record.get("predictions")
             if summary is not None and predictions is not None:
@@ -1089,10 +1096,13 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
         [(r["run_id"], name, _clean_number(m["value"]), bool(m["higher_is_better"]), i) for r in records for i, (name, m) in enumerate(r["metrics"].items())],
         columns=["run_id", "name", "value", "higher_is_better", "position"],
     )
-    series = pd.DataFrame(
-        [(r["run_id"], name, i, _clean_number(v)) for r in records for name, values in r["series"].items() for i, v in enumerate(values)],
-        columns=["run_id", "name", "idx", "value"],
-    )
+    lengths = [(r["run_id"], name, len(values)) for r in records for name, values in r["series"].items()]
+    series = pd.DataFrame({  # column by column: a tuple per value would cost more than the values (a series may hold millions)
+        "run_id": [rid for rid, _, n in lengths for _ in range(n)],
+        "name": [name for _, name, n in lengths for _ in range(n)],
+        "idx": [i for _, _, n in lengths for i in range(n)],
+        "value": [_clean_number(v) for r in records for values in r["series"].values() for v in values],
+    }, columns=["run_id", "name", "idx", "value"])
     con.register("new_runs", runs)
     con.register("new_metrics", metrics)
     con.register("new_series", series)

@@ -41,7 +41,6 @@ HOLDOUT_FRACTION = 0.2  # DomainBed train.py --holdout_fraction: each domain's "
 TRIAL_SEED = 0  # DomainBed's --trial_seed of the in/out split; fixed, so the split is the dataset's
 CONSTRUCTION_SEED = 0  # DomainBed's --seed when it builds RMNIST/CMNIST (shuffle, label and colour flips)
 IMAGE_SIZE = 224  # DomainBed's MultipleEnvironmentImageFolder: transforms.Resize((224, 224))
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +204,15 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def image_files(class_folder: Path) -> list[Path]:
+    """A class's images as torchvision's ImageFolder (DomainBed's reader) finds them: every file
+    below the folder, subfolders included, with an image extension, in sorted walk order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return [Path(root) / name for root, _, names in sorted(os.walk(class_folder, followlinks=True)) for name in sorted(names)
+            if name.lower().endswith(IMG_EXTENSIONS)]
+
+
 def load_domain_folder(name: str, root: Path, expected: tuple[str, ...], *, size: int = IMAGE_SIZE) -> DomainSplits:
     """Read `root/DOMAIN/CLASS/IMAGE` (DomainBed's layout): the domains are the sorted domain
     folders (named `expected`, in that order), the classes the sorted class folders, which every
@@ -228,7 +236,7 @@ def load_domain_folder(name: str, root: Path, expected: tuple[str, ...], *, size
                                f"{'lacks' if set(found) - set(classes) else 'has and it lacks'}; every domain needs the same class folders")
         paths, labels = [], []
         for c, cls in enumerate(classes):
-            files = sorted(p for p in (folder / cls).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(folder / cls)
             paths += files
             labels += [c] * len(files)
         if not paths:

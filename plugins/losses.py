@@ -498,6 +498,9 @@ def shifted_views(x: torch.Tensor, generator: torch.Generator, pad: int) -> torc
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+SADE_TTA_BATCH = 128  # the batch size of the authors' CIFAR configurations
+
+
 class SADE(Loss, Predictor):
     """Three skill-diverse experts on a shared body, trained with (paper Eq. 2-4; the authors'
     `DiverseExpertLoss`) L = CE(v1, y) + CE(v2 + log pi, y) + CE(v3 + log pi - tau log pi_inv, y):
@@ -508,8 +511,8 @@ class SADE(Loss, Predictor):
     Prediction (test-agnostic): sum_k w_k v_k with w = softmax(a) learned at test time on the
     unlabeled test inputs by maximising the cosine similarity of the aggregated predictions of two
     random views of each input (paper Sec. 4.2, the authors' `test_training`: a starts at 1/3 each,
-    SGD lr 0.025, momentum 0.9, weight decay 5e-4, Nesterov; stops early when a weight falls below
-    0.05). `tta_epochs=0` predicts with equal weights (the mean of the experts, which is also what
+    SGD lr 0.025, momentum 0.9, weight decay 5e-4, Nesterov, batches of 128 test images; stops early
+    when a weight falls below 0.05). `tta_epochs=0` predicts with equal weights (the mean of the experts, which is also what
     `model(x)` gives). Views: random translations by up to 2 pixels (the authors use their training
     augmentation, random crop and flip on CIFAR; digits are not flipped).
 
@@ -551,12 +554,15 @@ class SADE(Loss, Predictor):
         raw = torch.zeros(3, requires_grad=True)
         with torch.no_grad():
             raw.fill_(1.0 / 3.0)
-        if self.tta_epochs > 0:
+        if self.tta_epochs > 0 and len(inputs):
+            # re-batched to a fixed size: the prediction batches' size depends on the device, and
+            # the number of aggregation steps must not
+            batches = torch.cat(list(inputs)).split(SADE_TTA_BATCH)
             optimizer = torch.optim.SGD([raw], lr=self.tta_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-            generator = torch.Generator(device=inputs[0].device if len(inputs) else "cpu").manual_seed(self.seed)
+            generator = torch.Generator(device=batches[0].device).manual_seed(self.seed)
             stop = False
             for _ in range(self.tta_epochs):
-                for xb in inputs:
+                for xb in batches:
                     with torch.no_grad():
                         e0 = torch.stack(list(model.forward_heads(shifted_views(xb, generator, 2))[1].values())).float()
                         e1 = torch.stack(list(model.forward_heads(shifted_views(xb, generator, 2))[1].values())).float()
@@ -585,6 +591,7 @@ class SADE(Loss, Predictor):
 SADE_METHOD = Method(
     name="sade",
     kind="loss",
+    version="2",  # 2: test-time aggregation in batches of 128 on every device (was the prediction batch: 256 CPU, 1024 CUDA)
     build=SADE,
     summary="three skill-diverse experts (softmax, balanced, inverse) aggregated at test time by self-supervised prediction stability",
     paper="Zhang, Hooi, Hong & Feng, Self-Supervised Aggregation of Diverse Experts for Test-Agnostic Long-Tailed Recognition, NeurIPS 2022",

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from harness.hookspecs import hookimpl
 from harness.kinds import MergeContext, Merging, Method
-from harness.params import Param
+from harness.params import Choice, Param, Uniform
 
 State = dict[str, torch.Tensor]
 
@@ -283,7 +283,7 @@ TIES = Method(
     paper="Yadav et al., TIES-Merging: Resolving Interference When Merging Models, NeurIPS 2023",
     url="https://arxiv.org/abs/2306.01708",
     params=(
-        Param("top_k", float, 20.0, "percentage of each task vector's entries kept (by magnitude)", low=0.0, high=100.0),
+        Param("top_k", float, 20.0, "percentage of each task vector's entries kept (by magnitude)", low=0.0, high=100.0, search=Choice((10.0, 20.0, 30.0))),
         Param("lam", float, 1.0, "scaling of the merged task vector, where no validation data chooses it (suite=merging searches 0.8-2.6)", low=0.0),
     ),
 )
@@ -338,7 +338,7 @@ DARE = Method(
     paper="Yu et al., Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch, ICML 2024",
     url="https://arxiv.org/abs/2311.03099",
     params=(
-        Param("p", float, 0.5, "drop probability", low=0.0, high=0.99),
+        Param("p", float, 0.5, "drop probability (the paper studies 0.1-0.9)", low=0.0, high=0.99, search=Uniform(0.1, 0.9)),
         Param("lam", float, 0.3, "scaling of the combined task vector, where no validation data chooses it (suite=merging searches it)", low=0.0),
         Param("combine", str, "task_arithmetic", "how the sparsified task vectors are combined", choices=("task_arithmetic", "ties")),
         Param("top_k", float, 20.0, "TIES trim percentage when combine=ties", low=0.0, high=100.0),
@@ -766,6 +766,8 @@ PLEAS = Method(
     url="https://arxiv.org/abs/2407.02447",
     params=(Param("ridge", float, 1e-4, "ridge of the least-squares fits, relative to the mean diagonal of the Gram matrix", low=0.0),),
     suites=("merging",),
+    default_grid=False,
+    default_grid_note="made for experts that share no initialisation: run it in its own cell, suite=merging protocol=seeds method=pleas",
 )
 
 
@@ -867,6 +869,8 @@ LCSC_METHOD = Method(
         Param("sigma", float, 0.1, "standard deviation of the Gaussian mutation of each coefficient", low=0.0),
     ),
     suites=("merging",),
+    default_grid=False,
+    default_grid_note="made for the checkpoints of one run, and 72 validation scorings a merge: suite=merging protocol=trajectory method=lcsc",
 )
 
 

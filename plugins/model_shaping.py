@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from harness.errors import HarnessError
 from harness.hookspecs import hookimpl
 from harness.kind import Kind
 from harness.method import Method
 from harness.models import get_classifier
+from harness.params import Param
 from harness.seams import ModelShaper, TrainContext
 
 
@@ -39,7 +41,7 @@ def check(method: Any, env: Any) -> Any:
 
 KIND = Kind(
     name="shaper",
-    summary="reshapes the model before training (a fixed or reparameterised classifier); combines with any loss",
+    summary="reshapes the model before training (a fixed classifier, reparameterised weights); combines with any loss",
     interface=ModelShapingMethod,
     order=30,
     trains=True,
@@ -113,6 +115,76 @@ ETF_CLASSIFIER = Method(
 
 
 # ---------------------------------------------------------------------------------------------
+# weight_compander: Cakaj, Mehnert & Yang, IJCNN 2023
+# ---------------------------------------------------------------------------------------------
+# The paper's text was not at hand offline when this was written: the function's form and the
+# defaults below are a transcription to be checked against its Eq. 1 and Sec. IV (arXiv 2306.16993).
+
+
+def compand(v: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The weight compander w = sign(v) ((|v| + alpha)^beta - alpha^beta), 0 < beta <= 1: odd,
+    f(0) = 0, slope beta alpha^(beta - 1) at 0 (> 1 when alpha is small: weights near zero are pushed
+    away from it) and |w| growing like |v|^beta (large weights are compressed). beta = 1 is the
+    identity."""
+    return torch.sign(v) * ((v.abs() + alpha) ** beta - alpha**beta)
+
+
+def expand(w: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The inverse of `compand`: v = sign(w) ((|w| + alpha^beta)^(1/beta) - alpha)."""
+    return torch.sign(w) * ((w.abs() + alpha**beta) ** (1.0 / beta) - alpha)
+
+
+class Compander(nn.Module):
+    """A `torch.nn.utils.parametrize` parametrisation: the layer's weight is `compand(v)` of a free
+    tensor v; `right_inverse` lets the layer keep its initialisation (v starts at expand(w_init))."""
+
+    def __init__(self, alpha: float, beta: float):
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return compand(v, self.alpha, self.beta)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return expand(w, self.alpha, self.beta)
+
+
+class WeightCompander(ModelShapingMethod):
+    """Every convolution and linear weight (not biases, not normalisation layers: the paper
+    reparameterises the network's weights) becomes compand(v) of a free tensor v that the optimiser
+    trains; weight decay, if any, acts on v. The layer's initial weight is kept (v = expand(w)),
+    so the method changes the training dynamics and the reachable weights, not the starting point.
+    The learned-alpha/beta extension of the paper is not implemented."""
+
+    def __init__(self, ctx: TrainContext, alpha: float, beta: float):
+        self.alpha, self.beta = alpha, beta
+
+    def shape_model(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+        if not layers:
+            raise HarnessError(f"weight_compander reparameterises convolution and linear weights; {type(model).__name__} has none it can reach")
+        for layer in layers:
+            if not layer.weight.requires_grad:  # a frozen weight (etf_classifier) stays as it is
+                continue
+            parametrize.register_parametrization(layer, "weight", Compander(self.alpha, self.beta))
+        return model
+
+
+WEIGHT_COMPANDER = Method(
+    name="weight_compander",
+    kind="shaper",
+    build=WeightCompander,
+    summary="every conv/linear weight is w = sign(v)((|v|+alpha)^beta - alpha^beta) of a free v: large weights compressed, small ones pushed from 0",
+    paper="Cakaj, Mehnert & Yang, Weight Compander: A Simple Weight Reparameterization for Regularization, IJCNN 2023",
+    url="https://arxiv.org/abs/2306.16993",
+    params=(
+        Param("alpha", float, 0.1, "offset: the slope at 0 is beta alpha^(beta-1), so a smaller alpha pushes small weights harder from 0", low=1e-6),
+        Param("beta", float, 0.5, "exponent in (0, 1]: large weights grow like |v|^beta; 1 is plain training", low=1e-3, high=1.0),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 
@@ -125,4 +197,5 @@ def harness_register_kinds(register):
 @hookimpl
 def harness_register_methods(register):
     register(ETF_CLASSIFIER)
+    register(WEIGHT_COMPANDER)
 

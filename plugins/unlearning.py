@@ -679,21 +679,24 @@ class DatamodelMatching(Unlearning):
 
     Attribution: `newton_removal_direction` (TRAK-style projected one-step Newton, on this one
     model; the paper averages TRAK over many models or fits datamodels on thousands of subset
-    models, out of reach at tiny scale). `targets=` replaces it (a perfect oracle in tests).
+    models, out of reach at tiny scale), damped by `damping` mean Gauss-Newton eigenvalues: an
+    original that fits its training set has almost no curvature left, and the undamped step
+    predicts targets far worse than the original's own outputs (docs/evidence/unlearning.md).
+    `targets=` replaces it (a perfect oracle in tests).
     """
 
     _cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # attribution per (model, data): the lr search reuses it
 
-    def __init__(self, retain_ratio: float, project_dim: int, targets: AttributionTargets | None = None):
-        self.retain_ratio, self.project_dim, self.targets = retain_ratio, project_dim, targets
+    def __init__(self, retain_ratio: float, project_dim: int, damping: float, targets: AttributionTargets | None = None):
+        self.retain_ratio, self.project_dim, self.damping, self.targets = retain_ratio, project_dim, damping, targets
 
     def predicted_outputs(self, model: nn.Module, forget: Pair, retain: Pair, ctx: UnlearnContext) -> tuple[torch.Tensor, torch.Tensor]:
         if self.targets is not None:
             return self.targets(model, forget, retain)
-        key = _digest(*_trainable(model).values(), *forget, *retain) + f"/{self.project_dim}/{ctx.seed}"
+        key = _digest(*_trainable(model).values(), *forget, *retain) + f"/{self.project_dim}/{self.damping}/{ctx.seed}"
         if key not in self._cache:
             delta = newton_removal_direction(model, forget, retain, project_dim=self.project_dim, weight_decay=WEIGHT_DECAY, seed=ctx.seed,
-                                             batch_size=ctx.batch_size)
+                                             batch_size=ctx.batch_size, damping=self.damping)
             with torch.no_grad():
                 z_f, z_r = model.eval()(forget[0]), torch.cat([model(retain[0][s : s + 1024]) for s in range(0, len(retain[1]), 1024)])
             self._cache.clear()  # one entry: a run's candidates share one original
@@ -718,13 +721,14 @@ class DatamodelMatching(Unlearning):
         return model
 
 
-def _dmm(ctx: UnlearnContext, lr: float, retain_ratio: float, project_dim: int) -> DatamodelMatching:
-    return DatamodelMatching(retain_ratio, project_dim)
+def _dmm(ctx: UnlearnContext, lr: float, retain_ratio: float, project_dim: int, damping: float) -> DatamodelMatching:
+    return DatamodelMatching(retain_ratio, project_dim, damping)
 
 
 DMM = Method(
     name="dmm",
     kind="unlearning",
+    version="2",  # 2: the Newton step is damped (`damping`); version 1's undamped step collapsed memorising models
     build=_dmm,
     summary="datamodel matching: predict the retrained model's logits by data attribution (projected one-step Newton), then fine-tune to match them",
     paper="Georgiev, Rinberg, Park, Garg, Ilyas, Madry & Neel, Attribute-to-Delete: Machine Unlearning via Datamodel Matching, ICLR 2025",
@@ -733,6 +737,8 @@ DMM = Method(
         Param("lr", float, 0.01, "centre of the suite's 3-point lr search", low=0.0),
         Param("retain_ratio", float, 1.0, "retain points matched per forget point in each epoch (a fresh random sample every epoch)", low=0.0),
         Param("project_dim", int, 2048, "dimension d of the random projection of per-sample Jacobians (none when the model has <= d parameters)", low=1),
+        Param("damping", float, 1.0, "added to the Newton step's curvature, in mean Gauss-Newton eigenvalues (not in the paper, whose TRAK "
+              "averages many models; 1.0 measured at scale=tiny pool=200: docs/evidence/unlearning.md)", low=0.0),
     ),
 )
 
@@ -1172,7 +1178,9 @@ S3T_METHOD = Method(
     paper="Chowdhury, Choromanski, Sehanobish, Dubey & Chaturvedi, Towards Scalable Exact Machine Unlearning Using Parameter-Efficient Fine-Tuning, ICLR 2025",
     url="https://arxiv.org/abs/2406.16257",
     params=(
-        Param("lr", float, 2e-4, "AdamW learning rate of every stage (the reference code's 2e-4); not searched: it trains its own model", low=0.0),
+        Param("lr", float, 2e-4, "AdamW learning rate of every stage (the reference code's 2e-4, for LoRA on a pretrained model; on the "
+              "random-feature base here it leaves the model near chance with few images: docs/evidence/unlearning.md uses s3t.lr=0.01); "
+              "not searched: it trains its own model", low=0.0),
         Param("shards", int, 2, "disjoint shards, each its own models; the ensemble averages them", low=1),
         Param("slices", int, 4, "slices per shard = low-rank layers per model (the reference code's default is 6)", low=1),
         Param("sequences", int, 4, "slice orders trained per shard (cyclic rotations, at most `slices`)", low=1),

@@ -42,9 +42,12 @@ PROTOCOLS = ("multitask", "seeds", "trajectory")
 TASKS = ("mnist", "rot90", "inverted", "permuted", "uci")
 PRETRAIN_FRACTION = 0.2  # of each class's training images of both datasets: the pre-training split
 VAL_FRACTION = 0.1  # of each class's training images: the labelled validation split (coefficient search)
-PRETRAIN_EPOCHS = 30  # the base model, on the pre-training split
+# A short pre-training and a one-epoch probe keep the base well below the experts on every task, as
+# the papers' zero-shot base is (30 epochs and a 5-epoch probe left it within 3 points of them, too
+# little for merging methods to differ by more than the seed-to-seed spread; docs/evidence/merging.md)
+PRETRAIN_EPOCHS = 5  # the base model, on the pre-training split
 PRETRAIN_LR = 0.05
-PROBE_EPOCHS = 5  # each task's head, a linear probe on the frozen base
+PROBE_EPOCHS = 1  # each task's head, a linear probe on the frozen base
 PROBE_LR = 0.05
 TRAJECTORY_CHECKPOINTS = 6  # protocol=trajectory: epochs of the run, a checkpoint after each
 BN_SAMPLES = 500  # unlabeled training inputs per task for a merged body's BatchNorm statistics
@@ -397,9 +400,11 @@ def run(ctx: RunContext) -> RunOutput:
         result = merger.merge(trained.base, trained.experts, mctx)
     merge_seconds = time.perf_counter() - t0
     acc = evaluator.accuracies(result)
+    val_acc = evaluator.accuracies(result, "val")
     normalized = [a / r if r > 0 else 0.0 for a, r in zip(acc, reference)]
     metrics = {
         "acc": mean(acc),
+        "val_acc": mean(val_acc),
         "normalized_acc": mean(normalized),
         "joint_gap": mean(joint_acc) - mean(acc),
         "expert_acc": mean(reference),
@@ -431,9 +436,10 @@ its MNIST images is shown in one seeded domain of the four, plus its UCI images.
 
 **Artifacts** (trained once per cell and shared by every method; `ctx.fit(..., artifact=...)`).
 The *base*: the recipe's model (`small_cnn_fc`) trained from scratch on the pre-training split
-with one 10-way head (30 epochs, lr 0.05, SGD with Nesterov momentum 0.9, weight decay 5e-4, batch
-64). Each task's *head*: a linear probe on the frozen base (5 epochs, lr 0.05, started at the base's
-head). Each task's *expert*: the base's body fine-tuned on the task's training split with that head
+with one 10-way head (5 epochs, lr 0.05, SGD with Nesterov momentum 0.9, weight decay 5e-4, batch
+64). Each task's *head*: a linear probe on the frozen base (1 epoch, lr 0.05, started at the base's
+head), the counterpart of the papers' zero-shot heads: the base with these heads stays well below
+the experts (about 86% against 94% mean accuracy), as CLIP's zero-shot model does in the papers. Each task's *expert*: the base's body fine-tuned on the task's training split with that head
 frozen (the recipe: 2 epochs, lr 0.01, linear decay), as Ilharco et al. fine-tune with the zero-shot
 head fixed, so every expert stays in the base's basin. The *joint* model: the base's body
 fine-tuned on all five training splits at once with the five heads frozen (one softmax over the
@@ -454,7 +460,11 @@ task's head. The experts are evaluated as trained.
 0.2, the range of the TIES authors' scripts; 10 values each) is merged at every value and the one
 with the best mean validation accuracy (same evaluation as above, validation split) is kept (the
 smallest such value on a tie); a value other than the default set on the command line
-(`ties.lam=1.2`) is used as is. LCSC's evolutionary search scores
+(`ties.lam=1.2`) is used as is. The search runs inside the run, per seed, on the paper's grid, as the
+papers pick lambda for each set of experts; `tune=N` (harness.tuning) is for the other
+hyper-parameters (TIES `top_k`, DARE `p` declare search distributions): it draws configurations and
+the leaderboard keeps the one with the best `val_acc` (the merged model's mean validation accuracy)
+over seeds, while lambda is still searched inside each run. LCSC's evolutionary search scores
 candidates on the same validation accuracy. No method sees test labels. AdaMerging and PLeaS see
 unlabeled test inputs (`ctx.unlabeled()`: 10 batches of 32 test inputs of every task, the
 AdaMerging protocol's test-time data); AdaMerging runs its body per task in train-mode BatchNorm.
@@ -467,10 +477,12 @@ task's head. `normalized_acc`: mean over tasks of merged / expert accuracy on th
 normalised accuracy). `expert_acc`, `base_acc` (the pre-trained body with each task's head: the
 papers' zero-shot row), `joint_acc` and `joint_gap` = joint - merged. Stored per task:
 `merged_acc_per_task`, `normalized_acc_per_task`, `expert_acc_per_task`, `base_acc_per_task`,
-`joint_acc_per_task`; searched methods store `search_values` and `search_val_acc`, and the chosen
-value in `info.selected`; AdaMerging its coefficients and entropy curve, LCSC its coefficients.
+`joint_acc_per_task`; `val_acc` is `acc` on the validation splits; searched methods store
+`search_values` and `search_val_acc`, and the chosen value in `info.selected`; AdaMerging its coefficients and entropy curve, LCSC its coefficients.
 
-**protocol=multitask** (default): as above. **protocol=seeds** (PLeaS's setting): each task's base is
+**protocol=multitask** (default): as above; its default grid is every merging method but `pleas`
+and `lcsc`, which are made for the next two cells (`method=pleas protocol=seeds`, `method=lcsc
+protocol=trajectory`). **protocol=seeds** (PLeaS's setting): each task's base is
 pre-trained from its own seed (seed 100 s + t), and its head and expert come from that base; the
 experts share no initialisation. Methods receive base 0 (with every head) as `base`, and `base_acc` and
 `joint_acc` use base 0's body with every task's head, so they are no references there. Task
@@ -492,12 +504,14 @@ def harness_register_suites(register):
     register(
         Suite(
             name="merging",
-            version="1",
+            # 2: a 5-epoch base and 1-epoch heads (were 30 and 5: the base was within 3 points of the experts); val_acc
+            version="2",
             summary="model merging: experts of five different digit tasks from one pre-trained base, merged into one body with a head per task",
             ranks=("merging",),
             baseline="average",
             metrics=(
                 Metric("acc", True, "mean over tasks of the merged body's test accuracy with each task's head"),
+                Metric("val_acc", True, "acc on the tasks' validation splits: what tune=N selects configurations on"),
                 Metric("normalized_acc", True, "mean over tasks of merged accuracy / the task's expert accuracy"),
                 Metric("joint_gap", False, "joint multi-task model's mean accuracy minus the merged model's"),
                 Metric("expert_acc", True, "mean accuracy of each expert on its own task (trajectory: the last checkpoint)"),
@@ -505,6 +519,7 @@ def harness_register_suites(register):
                 Metric("base_acc", True, "mean accuracy of the pre-trained body with each task's head"),
             ),
             primary="acc",
+            validation_metric="val_acc",
             axes=(Param("protocol", str, "multitask", "experts from one base (multitask), from different seeds (seeds), or checkpoints of one run (trajectory)",
                         choices=PROTOCOLS),),
             scales={

@@ -158,6 +158,46 @@ def test_domainbed_folder_datasets_load_the_official_layout(tmp_path, monkeypatc
     assert data.train_x[rows][0, :, 100, 100].tolist()[:2] == [80, 120]
 
 
+# each dataset's folder and domain folders as DomainBed's scripts/download.py leaves them, and
+# DomainBed's ENVIRONMENTS (datasets.py), the names the domains must get in sorted folder order
+DOMAINBED_LAYOUTS = {
+    "pacs": ("PACS", ["art_painting", "cartoon", "photo", "sketch"], ("A", "C", "P", "S")),
+    "vlcs": ("VLCS", ["Caltech101", "LabelMe", "SUN09", "VOC2007"], ("C", "L", "S", "V")),
+    "office_home": ("office_home", ["Art", "Clipart", "Product", "Real World"], ("A", "C", "P", "R")),
+    "terra_incognita": ("terra_incognita", ["location_100", "location_38", "location_43", "location_46"], ("L100", "L38", "L43", "L46")),
+    "domainnet": ("domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"], ("clip", "info", "paint", "quick", "real", "sketch")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINBED_LAYOUTS))
+def test_every_domainbed_folder_dataset_reads_its_download_layout(tmp_path, monkeypatch, name):
+    from PIL import Image
+
+    folder, domain_folders, environments = DOMAINBED_LAYOUTS[name]
+    # written in shuffled order: the domains must come out in sorted folder order, as DomainBed's
+    for d in reversed(range(len(domain_folders))):
+        for cls in ["bird", "ant"]:  # classes are sorted too: ant = 0, bird = 1
+            c = ["ant", "bird"].index(cls)
+            target = tmp_path / folder / domain_folders[d] / cls
+            (target / "nested").mkdir(parents=True)
+            for i in range(5):  # ImageFolder also finds images in subfolders and skips other files
+                Image.new("RGB", (9, 7), (10 * d, 100 * c, 3 * i)).save(target / ("nested" if i == 4 else ".") / f"{i}.PNG")  # lossless, so the colours survive
+            (target / "notes.txt").write_text("not an image")
+    monkeypatch.setenv("HARNESS_DOMAINBED_DATA", str(tmp_path))
+    data = load_catalog().dataset(name).load(LoadOptions(cache_dir=tmp_path / "cache"))
+    assert isinstance(data, D.DomainSplits) and data.domains == environments and data.classes == ("ant", "bird")
+    assert tuple(data.train_x.shape[1:]) == (3, 224, 224) and data.train_x.dtype == torch.uint8
+    per_domain = 10  # 2 classes x 5 images
+    assert torch.bincount(data.train_domain).tolist() == [per_domain - int(per_domain * 0.2)] * len(environments)
+    for d in range(len(environments)):  # every image in its own domain, class and in/out split (DomainBed's split of 10 rows)
+        keep_in, _ = domainbed_split(per_domain, d)
+        labels = torch.tensor([0] * 5 + [1] * 5)[keep_in]
+        rows = data.train_domain == d
+        assert torch.equal(data.train_y[rows], labels)
+        assert data.train_x[rows][:, 0, 0, 0].tolist() == [10 * d] * len(keep_in)  # red channel: the domain
+        assert data.train_x[rows][:, 1, 0, 0].tolist() == (100 * labels).tolist()  # green channel: the class
+
+
 def test_folder_dataset_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DOMAINBED_DATA", str(tmp_path))
     with pytest.raises(HarnessError) as missing:
@@ -510,6 +550,25 @@ def test_fish_meta_step_zero_keeps_the_weights_and_one_is_sequential_sgd():
             F.cross_entropy(by_hand(normalizer(x[rows])), y[rows]).backward()
             sgd.step()
     assert same_weights(model, by_hand, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["groupdro", "irm", "fish"])
+def test_sam_with_zero_radius_leaves_every_dg_method_unchanged(name):
+    """SAM composes with the DG methods that keep state per step (GroupDRO's weights, IRM's update
+    count) or own the step (Fish, IRM): at rho = 0 its second pass is the first, so training is the
+    method's alone, step for step; a second weight update or step count per SAM pass would break it."""
+    ctx = ctx_for_training()
+    hp = {"groupdro": {"eta": 1.0}, "irm": {"lam": 10.0, "anneal_iters": 3}, "fish": {"meta_lr": 0.5}}[name]
+    alone, method = build(name, ctx, **hp), build(name, ctx, **hp)
+    plain = train_with([alone])
+    with_sam = train_with([method, load_catalog().methods.get("sam").create(ctx, rho=0.0, adaptive=False)])
+    assert same_weights(plain, with_sam, atol=1e-5)
+    if name == "groupdro":
+        assert torch.allclose(alone.q, method.q) and not torch.allclose(alone.q, torch.full_like(alone.q, 0.5))
+    if name == "irm":
+        assert alone.update_count == method.update_count == 6  # 2 epochs x 3 steps
+    with_sam = train_with([build(name, ctx, **hp), load_catalog().methods.get("sam").create(ctx, rho=0.05, adaptive=False)])
+    assert not same_weights(plain, with_sam)
 
 
 def test_udim_without_inconsistency_is_sam():

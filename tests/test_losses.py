@@ -14,6 +14,7 @@ from torch import nn
 
 import harness.kinds.loss as kind_loss
 from harness.catalog import load_catalog
+from harness.engine import Normalizer, predict
 from harness.kinds import Loss, LossContext
 from harness.models import SmallCNN, get_classifier
 from harness_plugins import losses as L
@@ -434,3 +435,18 @@ def test_buffers_on_ctx_device(name):
     cpu = build(name).cpu()
     cpu.start_epoch(9)
     assert value.item() == pytest.approx(cpu(t(LOGITS * 2), y([0, 2]), idx(2)).item(), rel=1e-5)
+
+
+def test_sade_test_time_aggregation_does_not_depend_on_the_prediction_batch_size():
+    # the prediction batch is 256 on a CPU and 1024 on a GPU; the aggregation steps must not follow it
+    torch.manual_seed(0)
+    k = len(COUNTS)
+    sade = L.SADE_METHOD.create(ctx(), tta_epochs=2)
+    net = sade.shape_model(SmallCNN(k, 1, 12, width=4), ctx())
+    x = torch.randint(0, 255, (300, 1, 12, 12), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    normalizer = Normalizer.fit(x)
+    small = predict(net, x, normalizer=normalizer, device="cpu", batch_size=16, predictor=sade)
+    small_weights = sade.weights
+    large = predict(net, x, normalizer=normalizer, device="cpu", batch_size=1024, predictor=sade)
+    assert sade.weights == pytest.approx(small_weights, abs=1e-6) and small_weights != pytest.approx([1 / 3] * 3, abs=1e-6)
+    assert torch.allclose(small, large, atol=1e-5)

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import harness_suites.merging as suite
+from harness.catalog import load_catalog
 from harness.engine import Normalizer
 from harness.models import SmallCNN
+from harness.spec import build_grid
 from harness.testing import run_cli
 from harness_plugins.merging import LAMBDA_GRID, TIES_LAMBDA_GRID, Ensemble
 
@@ -120,6 +122,7 @@ def test_the_multitask_protocol_end_to_end(tmp_path, tiny_protocol):
     assert ties["series"]["search_values"] == list(TIES_LAMBDA_GRID) and ta["series"]["search_values"] == list(LAMBDA_GRID)
     best = max(ties["series"]["search_val_acc"])
     assert ties["info"]["selected"]["lam"] == ties["series"]["search_values"][ties["series"]["search_val_acc"].index(best)]
+    assert ties["metrics"]["val_acc"]["value"] == pytest.approx(best)  # the chosen value's validation score, what tune=N selects on
     assert records["output_ensemble"]["info"]["ensemble"] is True
     for r in records.values():
         per_task = r["series"]["merged_acc_per_task"]
@@ -134,6 +137,11 @@ def test_the_multitask_protocol_end_to_end(tmp_path, tiny_protocol):
     assert code == 0, err
     fixed = next(r for r in _records(results) if r["entry"] == "ties[lam=1.2]")
     assert "search_values" not in fixed["series"] and "selected" not in fixed["info"]
+    # tune=N draws TIES's top_k from its search distribution (draw 1: 10; draw 0 is the default); lambda is still searched
+    code, out, err = run_cli("run", "suite=merging", "method=ties", "tune=2", *tiny_protocol, f"results={results}")
+    assert code == 0, err
+    drawn = next(r for r in _records(results) if r["entry"] == "ties[top_k=10.0]")
+    assert drawn["series"]["search_values"] == list(TIES_LAMBDA_GRID) and "val_acc" in drawn["metrics"]
 
 
 @pytest.mark.slow
@@ -155,3 +163,14 @@ def test_the_seeds_and_trajectory_protocols_end_to_end(tmp_path, tiny_protocol):
     failed = next((r for r in _records(results) if r["entry"] == "fisher"), None)
     assert failed is not None, (out, [(r["entry"], r["variant"], r["status"]) for r in _records(results)])
     assert failed["status"] == "failed" and "not task experts" in failed["error"]
+
+
+def test_the_default_grid_leaves_pleas_and_lcsc_to_their_own_cells_and_tuning_selects_on_validation():
+    catalog = load_catalog()
+    _, specs = build_grid(catalog, {"suite": "merging"})
+    assert {s.entry for s in specs} == {"average", "task_arithmetic", "ties", "dare", "fisher", "adamerging@2", "output_ensemble", "btm"}
+    assert {dict(s.variant)["protocol"] for s in specs} == {"multitask"} and {s.seed for s in specs} == {0, 1, 2}
+    _, named = build_grid(catalog, {"suite": "merging", "method": "pleas,lcsc", "protocol": "seeds,trajectory"})
+    assert {(s.entry.split("[")[0], dict(s.variant)["protocol"]) for s in named} >= {("pleas", "seeds"), ("lcsc", "trajectory")}
+    merging = catalog.suites.get("merging")
+    assert merging.validation_metric == "val_acc" and merging.primary == "acc"

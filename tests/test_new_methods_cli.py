@@ -22,11 +22,12 @@ ENTRIES = [
     ("self_paced", "long_tail"),
     ("curriculum", "long_tail"),
     ("etf_classifier", "long_tail"),
+    ("weight_compander", "long_tail"),
     ("sla_sd", "long_tail"),
     ("nested_coteaching", "noisy_labels"),
 ]
 NEW = ("stablemax", "spherical_zloss", "comp_sum", "ensloss", "palm_zloss", "perpgrad", "useful", "self_paced", "curriculum",
-       "etf_classifier", "sla_sd", "nested_coteaching")
+       "etf_classifier", "weight_compander", "sla_sd", "nested_coteaching")
 
 
 @pytest.mark.slow

@@ -149,6 +149,52 @@ def test_human_labels_from_the_published_torch_file(tmp_path):
     assert noisy.tolist() == worst.tolist() and len(digest) == 64
 
 
+def test_the_tiny_model_fits_any_image_size_and_can_memorise():
+    from harness.catalog import load_catalog
+    from harness.models import FastCNN
+
+    catalog = load_catalog()
+    suite = catalog.suites.get("noisy_labels")
+    assert suite.scales["tiny"].model == "fast_cnn_fc"
+    for chans, size in ((1, 28), (3, 32), (1, 15)):  # the flattened size follows the strided maps
+        model = catalog.model("fast_cnn_fc").build(10, chans, size)
+        assert model(torch.zeros(2, chans, size, size)).shape == (2, 10)
+    # random labels: the fully connected head fits all of them; fast_cnn's globally pooled head,
+    # which lacks the capacity to memorise, does not (the reason the suite cannot use it)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1024, 1, 16, 16, generator=gen), torch.randint(0, K, (1024,), generator=gen)
+
+    def fit(model: torch.nn.Module) -> float:
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(80):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            return float((model.eval()(x).argmax(1) == y).float().mean())
+
+    torch.manual_seed(0)
+    assert fit(N.FastCNNFC(K, 1, 16)) == 1.0
+    torch.manual_seed(0)
+    assert fit(FastCNN(K, 1, 16)) < 0.95
+
+
+def test_the_default_grid_leaves_out_the_listed_entries_and_says_so():
+    from harness.catalog import load_catalog
+    from harness.spec import build_grid, default_entries
+
+    catalog = load_catalog()
+    suite = catalog.suites.get("noisy_labels")
+    entries = default_entries(catalog, suite)
+    installed = set(catalog.methods.names())
+    assert set(N.OFF_DEFAULT_GRID) <= installed  # each left-out name is a real method, one method= away
+    assert not set(entries) & set(N.OFF_DEFAULT_GRID)
+    assert {"ce", "gce", "nce_rce", "elr", "mae", "mixup", "coteaching"} <= set(entries)
+    assert all(name in suite.summary for name in N.OFF_DEFAULT_GRID)  # what `harness list suites` shows
+    _, specs = build_grid(catalog, {"suite": "noisy_labels", "method": "ce,sla,class_balanced", "seeds": "1"})
+    assert len(specs) == 3
+
+
 def test_end_to_end_tiny_run(tmp_path):
     code, out, err = run_cli("run", "suite=noisy_labels", "method=ce,gce", "seeds=1", "epochs=2", f"results={tmp_path}")
     assert code == 0, err

@@ -262,3 +262,85 @@ def test_a_million_point_series_makes_a_small_page(tmp_path):
     assert len(run) < 500_000 and len(board_html(out)) < 500_000
     spec = chart_specs(run)["step_loss"]
     assert len(spec["data"]["values"]) == 2000 and "2000 bucket means" in run
+
+
+def test_series_are_reduced_as_they_are_read_across_fetches(monkeypatch):
+    import duckdb
+
+    from harness import plots, site
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE series (run_id VARCHAR, name VARCHAR, idx INTEGER, value DOUBLE)")
+    long = [float(i % 97) for i in range(5003)]
+    long[11] = long[4000] = None  # stored as null
+    rows = [("a", "long", i, v) for i, v in enumerate(long) if i != 10]  # index 10 not stored at all
+    long[10] = None
+    rows += [("a", "short", 0, 1.0), ("a", "short", 2, 3.0), ("b", "long", 0, 2.0)]
+    con.executemany("INSERT INTO series VALUES (?, ?, ?, ?)", rows)
+    monkeypatch.setattr(site, "SERIES_FETCH", 7)  # series that span many fetched slices
+    series = site.load_series(con)
+    reduced = series["a"]["long"]
+    assert reduced.length == 5003 and reduced.reduced and len(reduced.ys) == plots.MAX_POINTS
+    assert (reduced.xs, reduced.ys) == plots.downsample(long)[:2]  # the same buckets as the whole series would give
+    assert series["a"]["short"] == plots.Series([0.0, 1.0, 2.0], [1.0, None, 3.0], 3)  # a gap stays a gap
+    assert series["b"]["long"] == plots.Series([0.0], [2.0], 1)
+
+
+def test_a_chart_of_many_runs_shares_a_bounded_number_of_points(monkeypatch):
+    from harness import plots, site
+
+    monkeypatch.setattr(plots, "MAX_CHART_POINTS", 600)
+    per_entry = [(f"m{e}", [(seed, {"loss": plots.reduce([1.0 / (1 + i + seed) for i in range(200)])}) for seed in range(3)]) for e in range(4)]
+    (chart,) = site.series_charts(per_entry, epochs=None, shown=["m0"])
+    values = chart.spec["data"]["values"]
+    assert len(values) == 600  # 12 runs share 600 points: 50 bucket means each
+    assert {(v["entry"], v["seed"]) for v in values} == {(f"m{e}", s) for e in range(4) for s in range(3)}  # every run is still drawn
+    assert "200 values per run, drawn as 50 bucket means" in chart.caption
+    first = [v for v in values if (v["entry"], v["seed"]) == ("m0", 0)]
+    assert first[0]["x"] == pytest.approx(1.5) and first[0]["value"] == pytest.approx(round((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4, 6))
+
+
+def test_a_failed_publish_leaves_the_earlier_site_and_no_staging_folder(results, tmp_path, monkeypatch):
+    from harness import site
+
+    catalog = evil_catalog()
+    out = tmp_path / "site"
+    publish(results, out, catalog=catalog)
+    before = site_files(out)
+
+    def broken(self):
+        raise RuntimeError("rendering failed half-way")
+
+    monkeypatch.setattr(site.Site, "aggregate", broken)
+    with pytest.raises(RuntimeError, match="half-way"):
+        publish(results, out, catalog=catalog)
+    assert site_files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_chart_of_thousands_of_runs_draws_each_entry_as_its_mean_over_seeds(monkeypatch):
+    from harness import plots, site
+
+    monkeypatch.setattr(plots, "MAX_CHART_POINTS", 100)  # 12 runs would get 8 points each: too few to draw every run
+    curve = {seed: [1.0 / (1 + i + seed) for i in range(200)] for seed in range(3)}
+    per_entry = [(f"m{e}", [(seed, {"loss": plots.reduce([v * (e + 1) for v in curve[seed]])}) for seed in range(3)]) for e in range(4)]
+    (chart,) = site.series_charts(per_entry, epochs=None, shown=["m0"])
+    values = chart.spec["data"]["values"]
+    assert len(values) == 100 and {v["seed"] for v in values} == {"mean of 3"}  # 4 entries x 25 points
+    assert "12 runs: each entry drawn as the mean over its seeds" in chart.caption
+    m1 = [v for v in values if v["entry"] == "m1"]
+    expected = sum(sum(2 * v for v in curve[seed][:8]) / 8 for seed in range(3)) / 3  # bucket 0: indexes 0..7, entry m1 doubles
+    assert m1[0]["x"] == pytest.approx(3.5) and m1[0]["value"] == pytest.approx(round(expected, 6))
+
+
+def test_a_board_row_links_a_bounded_number_of_runs_and_the_entry_page_links_them_all(results, tmp_path, monkeypatch):
+    from harness import site
+
+    monkeypatch.setattr(site, "MAX_RUN_LINKS", 2)
+    out = tmp_path / "site"
+    publish(results, out, catalog=evil_catalog())
+    board = board_html(out)
+    focal_row = next(row for row in board.split("<tr") if ">focal</a>" in row)
+    assert len(re.findall(r'href="run-', focal_row)) == 2 and "… all 5 runs" in focal_row  # 3 ok, 1 failed, 1 diverged
+    (entry,) = [n for n in site_files(out) if n.startswith("entry-long-tail-focal-") and n.endswith(".html")]
+    assert len(set(re.findall(r'href="(run-[^"]+)"', read(out, entry)))) == 5

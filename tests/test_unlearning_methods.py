@@ -318,12 +318,27 @@ def test_dmm_with_a_perfect_attribution_oracle_reproduces_the_retrained_outputs(
     with torch.no_grad():
         oracle = (retrained(forget[0]), retrained(retain[0]))
 
-    dmm = U.DatamodelMatching(retain_ratio=3.0, project_dim=64, targets=lambda m, f, r: oracle)
+    dmm = U.DatamodelMatching(retain_ratio=3.0, project_dim=64, damping=1.0, targets=lambda m, f, r: oracle)
     out = dmm.unlearn(copy.deepcopy(original), forget, retain, ctx(epochs=300, lr=0.01, batch_size=16)).eval()
     with torch.no_grad():
         before = F.mse_loss(original(x), retrained(x))
         after = F.mse_loss(out(x), retrained(x))
     assert after < 0.05 * before
+
+
+def test_damping_shrinks_the_newton_step_to_nothing_in_its_limit():
+    # damping adds c * (mean Gauss-Newton eigenvalue) to the curvature: 0 is the plain Newton step
+    # (tested above), larger c gives a strictly shorter step, and c -> infinity gives delta -> 0,
+    # so DMM's targets fall back to the original's own outputs
+    x, y = tiny_data(48, 5)
+    model = _trained_tiny(x, y, 0)
+    norms = []
+    for c in (0.0, 1.0, 1e8):
+        delta = U.newton_removal_direction(model, (x[:12], y[:12]), (x[12:], y[12:]), project_dim=64, weight_decay=5e-4, seed=0, batch_size=16,
+                                           damping=c)
+        norms.append(float(sum(v.double().norm() ** 2 for v in delta.values()) ** 0.5))
+    assert norms[0] > norms[1] > norms[2]
+    assert norms[2] < 1e-5 * norms[0]
 
 
 def test_dmm_computes_its_attribution_once_per_original_and_forget_set(monkeypatch):

@@ -124,6 +124,32 @@ def test_command_errors(tmp_path, targets):
 
 def test_the_committed_targets_cover_the_long_tail_default_board():
     (board,) = load_targets(REPO / "benchmarks" / "regression_targets.json")
-    assert (board["suite"], board["scale"], board["variant"], board["metric"]) == ("long_tail", "tiny", "ratio=100", "top1")
-    assert len(board["entries"]) == 23 and "ce" in board["entries"] and "ce+mixup" in board["entries"]
-    assert all(0.005 <= t["tolerance"] < 0.2 for t in board["entries"].values())
+    assert (board["suite"], board["scale"], board["variant"], board["metric"]) == ("long_tail", "tiny", "ratio=100,test_dist=uniform", "top1")
+    assert board["suite_version"] == "2" and board["seeds"] == [0, 1, 2]
+    assert len(board["entries"]) == 30 and "ce" in board["entries"] and "ce+mixup" in board["entries"]
+    # spherical_zloss has one collapsed seed of three (std 0.085), hence the widest tolerance, 0.21
+    assert all(0.005 <= t["tolerance"] < 0.25 for t in board["entries"].values())
+
+
+@pytest.mark.slow
+def test_the_default_recipe_still_reproduces_the_committed_targets(tmp_path, monkeypatch):
+    """The regression check CI relies on: three entries of the long-tail default board, trained
+    here from scratch, land within the committed targets' tolerances. A change that silently
+    moves what the suite computes fails this test; a deliberate one rewrites the targets
+    (`harness verify write=...`) and bumps the suite's version."""
+    from harness.testing import offline_environ
+
+    for key, value in offline_environ(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    entries = ("ce", "logit_adjustment", "ce+mixup")
+    (board,) = load_targets(REPO / "benchmarks" / "regression_targets.json")
+    subset = {**board, "entries": {name: board["entries"][name] for name in entries}}
+    targets = tmp_path / "subset.json"
+    targets.write_text(json.dumps({"schema": 1, "boards": [subset]}), encoding="utf-8")
+    results = tmp_path / "results"
+    seeds = ",".join(str(s) for s in board["seeds"])
+    code, _, err = run_cli("run", "suite=long_tail", "method=ce,logit_adjustment,ce+mixup", f"seed={seeds}", "threads=1", f"results={results}")
+    assert code == 0, err
+    code, out, err = run_cli("verify", f"results={results}", f"targets={targets}")
+    assert code == 0, out + err
+    assert "verify: ok: 3 within tolerance, 0 moved" in out
