@@ -53,7 +53,7 @@ def test_cli_cell_grid_parses_forget_axis_and_methods():
     suite, specs = build_grid(load_catalog(), {"suite": "unlearning", "forget": "class", "method": "salun,ga", "seeds": "1"})
     assert suite.primary == "gap" and not suite.metric("gap").higher_is_better
     assert [s.method("unlearning").name for s in specs] == ["salun", "ga"]
-    assert all(dict(s.variant) == {"forget": "class", "access": "full", "pool": 0, "klom_models": 4} for s in specs)
+    assert all(dict(s.variant) == {"forget": "class", "access": "full", "pool": 0, "klom_models": 3} for s in specs)
     assert "SalUn" in suite.card and "182 epochs" in suite.card and suite.scales["paper"].model == "resnet18"
     assert all(not suite.metric(m).higher_is_better for m in ("klom_forget", "klom_retain", "klom_val", "params"))
 
@@ -306,6 +306,6 @@ def test_the_default_grid_is_the_full_access_methods_and_the_others_run_when_nam
     _, specs = build_grid(catalog, {"suite": "unlearning", "seeds": "1"})
     names = [s.method("unlearning").name for s in specs]
     assert names == ["retrain", "finetune", "ga", "rl", "l1_sparse", "salun", "npo", "scrub", "dmm"]
-    assert all(dict(s.variant)["klom_models"] == 4 for s in specs)
+    assert all(dict(s.variant)["klom_models"] == 3 for s in specs)
     _, named = build_grid(catalog, {"suite": "unlearning", "seeds": "1", "method": "laf,flat,s3t", "klom_models": "0"})
     assert [s.method("unlearning").name for s in named] == ["laf", "flat", "s3t"]
