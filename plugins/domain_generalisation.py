@@ -691,11 +691,6 @@ class Hutchinson(HessianAlignment):
         return (z * hz).mean(0)
 
 
-# In no suite's default grid: `Method.suites` names the suites whose default grid runs a method
-# (empty: all that rank its kind), and no suite is named "-". Hutchinson's 300 probes per Hessian
-# diagonal cost about ten ERM steps a step on a CPU, too much for the tiny default grid; it runs
-# when named (`method=hutchinson`).
-NAMED_ONLY = ("-",)
 HESSIAN_PAPER = "Hemati, Zhang, Estiri & Chen, Understanding Hessian Alignment for Domain Generalization, ICCV 2023 (code: huawei-noah/Federated-Learning, HessianAlignment)"
 HGP_METHOD = Method(
     name="hgp",
@@ -713,7 +708,9 @@ HUTCHINSON_METHOD = Method(
     name="hutchinson",
     kind="dg",
     build=Hutchinson,
-    suites=NAMED_ONLY,
+    # Hutchinson's 300 probes per Hessian diagonal cost about ten ERM steps a step on a CPU
+    default_grid=False,
+    default_grid_note="about ten ERM steps a step on a CPU (300 Hessian probes); run it with method=hutchinson",
     summary="Hessian alignment (Hutchinson): align each domain's classifier-head gradient and Hessian diagonal with the mean risk's",
     paper=HESSIAN_PAPER,
     url="https://arxiv.org/abs/2308.11778",
