@@ -270,16 +270,20 @@ MAX_PAGE_BYTES = 1_000_000
 def _stored_runs(root: Path, runs: range, *, long_series: bool = False) -> None:
     """Store valid runs numbered `runs` in a results folder (10 entries x seeds of the installed
     long_tail card) and sync its database; with `long_series`, each stores a 10^6-point series."""
+    from harness.catalog import load_catalog
     from harness.store import BATCH, ResultStore
     from harness.testing import fake_record
 
+    version = str(load_catalog().suites.get("long_tail").version)  # records of the installed card, as a user's would be
     entries = ("ce", "focal", "ldam", "balanced_softmax", "logit_adjustment", "ce+mixup", "focal+mixup", "ldam+cutmix", "ce+randaugment", "ce+cutout")
     store = ResultStore(root)
     for start in range(runs.start, runs.stop, BATCH):
         records = []
         for i in range(start, min(runs.stop, start + BATCH)):
-            r = fake_record(entry=entries[i % 10], seed=i // 10, value=(i % 997) / 997, extra={"ece": (i % 13) / 100}, version="2",
+            r = fake_record(entry=entries[i % 10], seed=i // 10, value=(i % 997) / 997, extra={"ece": (i % 13) / 100}, version=version,
                             variant={"ratio": 100, "test_dist": "uniform"})
+            r["metrics"]["ece"]["higher_is_better"] = False  # as the card says, with its baseline: a collect stores them unchanged
+            r["baseline"] = "ce"
             r["series"] = {"test_top1_per_epoch": [(i % 997) / 997 * (e + 1) / 10 for e in range(10)]}
             if long_series:
                 r["series"]["step_loss"] = [1.0 / (1 + k) for k in range(LONG_SERIES)]

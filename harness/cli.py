@@ -50,7 +50,20 @@ def _load_catalog() -> Any:
 
     catalog = load_catalog()
     sys.stderr.write(broken_plugins_warning(catalog))
+    from harness.card_memo import remember
+    from harness.runner import default_cache_dir
+
+    remember(catalog, default_cache_dir())  # collect and pull then read the suite cards without loading plugins
     return catalog
+
+
+def _installed_cards() -> list[Any]:
+    """The installed suite cards' facts that decide a stored record's primary metric, metric
+    directions and baseline: from the memo a previous plugin load left, else by loading the plugins."""
+    from harness.card_memo import installed_cards
+    from harness.runner import default_cache_dir
+
+    return installed_cards(default_cache_dir(), _load_catalog)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ def _answer_from_memo(overrides: dict[str, str], rows: str) -> bool:
         return False
     store = ResultStore(results)
     report = store.sync()
-    if not set(memo.run_ids) <= store.done_ids():
+    if not set(memo.run_ids) <= report.done_ids():
         return False
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -548,8 +561,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     paths = [Path(a) for a in args.paths if "=" not in a]
     if not paths:
         raise HarnessError("what to collect? give result folders (holding runs/), result.json files or .duckdb files")
-    catalog = _load_catalog()  # the installed suite cards decide primary metrics and baselines
-    report = collect(paths, _results_dir(overrides), suites=list(catalog.suites))
+    report = collect(paths, _results_dir(overrides), suites=_installed_cards())
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
     for note in report.notes:
@@ -590,8 +602,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if "artifacts" in overrides:
         report = pull_artifacts(args.location, Path(overrides.get("cache") or default_cache_dir()), split_values(overrides["artifacts"]))
         return _artifact_summary(report, "pulled and verified", args.location)
-    catalog = _load_catalog()  # the installed suite cards decide primary metrics and baselines
-    report = pull(args.location, _results_dir(overrides), suites=list(catalog.suites))
+    report = pull(args.location, _results_dir(overrides), suites=_installed_cards())
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
     for note in report.notes:

@@ -21,6 +21,7 @@ source of truth) and the target database is then synced from them.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from harness.records import (
     CorruptResult,
     derived_names,
     read_regular_file,
-    read_result,
+    read_result_and_text,
     reject_json_constant,
     validate_record,
 )
@@ -110,6 +111,7 @@ class Candidate:
     where: str
     record: dict[str, Any]
     predictions: bytes | None = None
+    text: bytes | None = None  # the result file as read, when the record came from one
 
 
 def checked_predictions(data: bytes, record: dict[str, Any]) -> bytes:
@@ -124,15 +126,55 @@ def without_predictions(record: dict[str, Any], notes: _Notes, why: str) -> dict
     return record
 
 
+READ_AHEAD_FILES = 4000  # from this many result files on, a second process reads and checks them while this one stores
+READ_CHUNK = 500  # files a reader hands over at a time
+READ_WINDOW = 3  # chunks read ahead of the one being stored: memory stays bounded
+
+
+def read_results(files: list[Path]) -> list[tuple[Path, dict[str, Any] | None, bytes | None, str | None]]:
+    """(file, its checked record, its bytes, None) or (file, None, None, why it is corrupt) for each file."""
+    out: list[tuple[Path, dict[str, Any] | None, bytes | None, str | None]] = []
+    for file in files:
+        try:
+            record, text = read_result_and_text(file, expected_id=_expected_id(file))
+        except CorruptResult as exc:
+            out.append((file, None, None, str(exc)))
+            continue
+        out.append((file, record, text, None))
+    return out
+
+
+def _read_ahead(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any] | None, bytes | None, str | None]]:
+    """`read_results` of the files in order: for thousands of files on a machine with a CPU to
+    spare, in a reader process a few chunks ahead (reading and checking is a third of a collect),
+    else here. The reader only parses and checks JSON, exactly as here."""
+    from harness.cpu import usable_cpus
+
+    if len(files) < READ_AHEAD_FILES or usable_cpus() < 2:
+        yield from read_results(files)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = iter([files[i : i + READ_CHUNK] for i in range(0, len(files), READ_CHUNK)])
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as reader:
+        window = deque(reader.submit(read_results, chunk) for chunk in itertools.islice(chunks, READ_WINDOW))
+        while window:
+            done = window.popleft().result()
+            following = next(chunks, None)
+            if following is not None:
+                window.append(reader.submit(read_results, following))
+            yield from done
+
+
 def _from_files(files: Iterable[Path], skipped: SyncReport, notes: _Notes) -> Iterator[Candidate]:
     """Records of result files, one at a time; a record naming predictions brings the checked file
     beside it, and a predictions file that does not match its record refuses the run (a missing
     one only drops them)."""
-    for file in files:
-        try:
-            record = read_result(file, expected_id=_expected_id(file))
-        except CorruptResult as exc:
-            skipped.skip_file(file, str(exc))
+    for file, record, text, problem in _read_ahead(list(files)):
+        if record is None:
+            skipped.skip_file(file, str(problem))
             continue
         data = None
         if record.get("predictions") is not None:
@@ -145,7 +187,7 @@ def _from_files(files: Iterable[Path], skipped: SyncReport, notes: _Notes) -> It
                 except (CorruptResult, BadPredictions) as exc:
                     skipped.skip(f"predictions file {beside}", f"{exc}; its run {record['run_id']} is not collected", key=str(beside.resolve()))
                     continue
-        yield Candidate(str(file), record, data)
+        yield Candidate(str(file), record, data, text)
 
 
 def _open_foreign_database(path: Path) -> Any:
@@ -389,17 +431,29 @@ def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any
     notes = notes or _Notes()
     store = ResultStore(target)
     existing = store.statuses()  # the target's own corrupt files are reported by the sync below
+    rebuilt_before = store.rebuilt_runs
+    with store.writing_session():  # opening it may rebuild the target's database from its files: those count as ingested
+        report.ingested += store.rebuilt_runs - rebuilt_before
+        _merge_batches(candidates, store, existing, cards, installed, notes, report)
+    report.notes = notes.lines()
+    return report
+
+
+def _merge_batches(candidates: Iterable[Candidate], store: ResultStore, existing: dict[str, str], cards: dict[tuple[str, str], Any],
+                   installed: dict[str, list[str]], notes: _Notes, report: CollectReport) -> None:
     pending: list[tuple[dict[str, Any], bytes | None]] = []
+    texts: dict[str, bytes] = {}  # records stored as read: their files are copied byte for byte
     pending_bytes = 0
 
     def store_pending() -> None:
         nonlocal pending_bytes
         if pending:
-            store.write_many(pending, checked=True)  # every candidate was validated where it was read
+            store.write_many(pending, checked=True, texts=texts)  # every candidate was validated where it was read
             sync = store.sync(store.written_records())
             report.ingested += sync.ingested
             report.skipped.merge(sync)
             pending.clear()
+            texts.clear()
             pending_bytes = 0
 
     for candidate in candidates:
@@ -408,6 +462,8 @@ def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any
         if held is not None and (held == "ok" or record["status"] != "ok"):
             continue  # de-duplicate: keep what we have unless the newcomer succeeded where ours did not
         pending.append((record, candidate.predictions))
+        if candidate.text is not None and record == candidate.record:
+            texts[record["run_id"]] = candidate.text
         pending_bytes += len(candidate.predictions or b"") + SERIES_VALUE_BYTES * sum(len(v) for v in record["series"].values())
         existing[record["run_id"]] = record["status"]
         report.copied += 1
@@ -417,8 +473,6 @@ def merge(candidates: Iterable[Candidate], target: Path, *, suites: Iterable[Any
     sync = store.sync()  # the target's files not written here (new, changed or corrupt) reach the database
     report.ingested += sync.ingested
     report.skipped.merge(sync)
-    report.notes = notes.lines()
-    return report
 
 
 def collect(paths: list[Path], target: Path, *, suites: Iterable[Any] | None = None) -> CollectReport:

@@ -187,6 +187,29 @@ class FastCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class FastCNN3(nn.Module):
+    """Three stride-2 conv-BN-ReLU layers (16, 32, 64 channels; 28 -> 14 -> 7 -> 4) and a linear
+    head over the flattened map (64 x 4 x 4 on 28 x 28 images), no pooling: ~34 k parameters.
+
+    Keeping the spatial layout for the head is what lifts long-tailed MNIST: average-pooling the
+    map to 2 x 2 (`fast_cnn`) loses the few-shot classes. The third strided layer keeps an
+    epoch as cheap as `fast_cnn`'s on a CPU.
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 1, img_size: int = 28, width: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, side = in_chans, img_size
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels, side = out, (side - 1) // 2 + 1  # a 3x3 convolution, stride 2, padding 1
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.classifier = nn.Linear(channels * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # CIFAR ResNet-32 (He et al. 2016, Sec. 4.2: 6n+2 layers with n=5, widths 16/32/64)
 # ---------------------------------------------------------------------------------------------

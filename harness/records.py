@@ -48,17 +48,32 @@ def _show(value: Any) -> str:
 class _Check:
     expect = "a value"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         raise NotImplementedError
 
-    def fail(self, value: Any, where: str) -> None:
-        raise CorruptResult(f"{where} is {_show(value)}; expected {self.expect}")
+    def fail(self, value: Any, where: Where) -> None:
+        raise CorruptResult(f"{where_text(where)} is {_show(value)}; expected {self.expect}")
+
+
+# Where a value sits in a record: "record", or (its parent's place, its key or list index). Only a
+# failure spells it out: formatting every field's path while checking thousands of records costs more than the checks.
+Where = Any
+
+
+def where_text(where: Where) -> str:
+    if not isinstance(where, tuple):
+        return str(where)
+    parent, key = where
+    text = where_text(parent)
+    if isinstance(key, int):
+        return f"{text}[{key}]"
+    return key if text == "record" else f"{text}.{key}"
 
 
 class _Any(_Check):
     expect = "any JSON value"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         pass
 
 
@@ -66,7 +81,7 @@ class _Const(_Check):
     def __init__(self, value: Any):
         self.value, self.expect = value, json.dumps(value)
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if type(value) is not type(self.value) or value != self.value:
             self.fail(value, where)
 
@@ -76,7 +91,7 @@ class _Str(_Check):
         self.choices, self.pattern = choices, pattern
         self.expect = f"one of {', '.join(choices)}" if choices else what
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, str) or not value:
             self.fail(value, where)
         if (self.choices and value not in self.choices) or (self.pattern and not self.pattern.fullmatch(value)):
@@ -86,7 +101,7 @@ class _Str(_Check):
 class _Text(_Check):
     expect = "a string"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, str):
             self.fail(value, where)
 
@@ -94,7 +109,7 @@ class _Text(_Check):
 class _Bool(_Check):
     expect = "true or false"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, bool):
             self.fail(value, where)
 
@@ -104,7 +119,7 @@ class _Int(_Check):
         self.low, self.high = low, high
         self.expect = f"an integer in [{low}, {high}]"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if type(value) is not int or not self.low <= value <= self.high:
             self.fail(value, where)
 
@@ -114,7 +129,7 @@ class _Number(_Check):
         self.low = low
         self.expect = "a finite number" + (f" >= {low:g}" if low is not None else "")
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):  # numpy floats are floats; a bool is not a number
             self.fail(value, where)
         try:
@@ -128,7 +143,7 @@ class _Number(_Check):
 class _Timestamp(_Check):
     expect = "an ISO 8601 UTC time such as \"2026-01-31T12:00:00.000000\""
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, str) or not value:
             self.fail(value, where)
         try:
@@ -143,7 +158,7 @@ class _Nullable(_Check):
     def __init__(self, inner: _Check):
         self.inner, self.expect = inner, f"{inner.expect} or null"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if value is not None:
             try:
                 self.inner.check(value, where)
@@ -155,12 +170,20 @@ class _List(_Check):
     def __init__(self, item: _Check, *, min_len: int = 0):
         self.item, self.min_len = item, min_len
         self.expect = f"a list of {item.expect}" + (f" (at least {min_len})" if min_len else "")
+        # a series (finite numbers or nulls) is most of a record's values: a finite float passes
+        # without a call; anything else gets the item's own check (and its message)
+        self.numbers = isinstance(item, _Nullable) and isinstance(item.inner, _Number) and item.inner.low is None
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, list) or len(value) < self.min_len:
             self.fail(value, where)
+        if self.numbers:
+            for i, item in enumerate(value):
+                if not (type(item) is float and item - item == 0.0) and item is not None:  # x - x is NaN for NaN and infinities
+                    self.item.check(item, (where, i))
+            return
         for i, item in enumerate(value):
-            self.item.check(item, f"{where}[{i}]")
+            self.item.check(item, (where, i))
 
 
 class _Map(_Check):
@@ -170,13 +193,13 @@ class _Map(_Check):
         self.value, self.key, self.min_len = value, key, min_len
         self.expect = f"an object of {value.expect}" + (f" keyed by names matching {key.pattern}" if key else "") + (f" (at least {min_len})" if min_len else "")
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, dict) or len(value) < self.min_len:
             self.fail(value, where)
         for key, item in value.items():
             if self.key is not None and not self.key.fullmatch(key):
                 self.fail(value, where)
-            self.value.check(item, f"{where}.{key}")
+            self.value.check(item, (where, key))
 
 
 class _Object(_Check):
@@ -184,22 +207,22 @@ class _Object(_Check):
         self.required, self.optional = required, optional or {}
         self.expect = "an object with " + ", ".join(required) if required else "an object"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if not isinstance(value, dict):
             self.fail(value, where)
         for key, check in self.required.items():
             if key not in value:
-                raise CorruptResult(f"missing field {key!r}" + (f" in {where}" if where != "record" else ""))
-            check.check(value[key], f"{where}.{key}" if where != "record" else key)
+                raise CorruptResult(f"missing field {key!r}" + (f" in {where_text(where)}" if where != "record" else ""))
+            check.check(value[key], (where, key))
         for key, check in self.optional.items():
             if key in value:
-                check.check(value[key], f"{where}.{key}" if where != "record" else key)
+                check.check(value[key], (where, key))
 
 
 class _Scalar(_Check):
     expect = "a string, number, boolean or null"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: Where) -> None:
         if value is not None and not isinstance(value, (str, int, float, bool)):
             self.fail(value, where)
 
@@ -348,6 +371,11 @@ _FOLDER = object()  # read_result's default: expect the run id its folder is nam
 def read_result(path: Path, *, expected_id: Any = _FOLDER) -> dict[str, Any]:
     """Read and validate one result file. By default a file in a folder named like a run id must
     hold that run; `expected_id=None` accepts any run (a result file given by itself)."""
+    return read_result_and_text(path, expected_id=expected_id)[0]
+
+
+def read_result_and_text(path: Path, *, expected_id: Any = _FOLDER) -> tuple[dict[str, Any], bytes]:
+    """`read_result`, and the file's bytes: a copy of a record it does not change can write them as read."""
     if expected_id is _FOLDER:
         expected_id = path.parent.name if RUN_ID.fullmatch(path.parent.name) else None
     data = read_regular_file(path, MAX_RESULT_BYTES)
@@ -355,7 +383,7 @@ def read_result(path: Path, *, expected_id: Any = _FOLDER) -> dict[str, Any]:
         record = json.loads(data.decode("utf-8"), parse_constant=reject_json_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptResult(f"unreadable JSON ({exc})") from None
-    return validate_record(record, expected_id=expected_id)
+    return validate_record(record, expected_id=expected_id), data
 
 
 def json_safe(value: Any) -> Any:

@@ -236,7 +236,7 @@ def run_grid(catalog: Any, suite: Suite, specs: list[RunSpec], store: ResultStor
     hook = catalog.pm.hook
     # result files written by an earlier, interrupted invocation reach the database first
     sync = store.sync()
-    done = store.done_ids()
+    done = sync.done_ids()  # from the sync's own listing: a folder of thousands of runs is listed once
     todo = [s for s in specs if s.run_id not in done]
     cached = len(specs) - len(todo)
     hook.harness_grid_start(specs=todo, cached=cached)

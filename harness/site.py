@@ -79,7 +79,8 @@ MARKER_TEXT = "This folder was written by `harness publish`; publishing again re
 PER_CLASS, CLASS_COUNTS = "per_class_accuracy", "class_counts"
 MAX_TEXT = 20_000  # characters of a run's info, error or provenance shown on its page
 SHOWN_LEADERS = 5  # entries of rank 1 drawn at first in a board's charts (with the baseline)
-MAX_RUN_LINKS = 30  # runs linked from a board's row (its entry page links every run)
+MAX_RUN_LINKS = 30  # runs linked from a board's row (its entry page lists more)
+MAX_ENTRY_RUNS = 500  # runs listed on an entry page (by seed; every run keeps its own page): a page of 20,000 seeds stays small
 ALL_BOARDS = "leaderboards"
 
 
@@ -754,7 +755,9 @@ class Site:
                                        Cell("set" if k in changed else "default", cls="" if k in changed else "muted")], "rank-odd" if k in changed else ""))
         metric_names = _metric_order(b)
         run_rows = []
-        for r in runs:
+        runs_note = (f"The first {MAX_ENTRY_RUNS} of its {len(runs):,} runs by seed; each run has its own page (run-<run id>.html), and "
+                     f"`harness.runs()` in Python lists them all." if len(runs) > MAX_ENTRY_RUNS else "")
+        for r in runs[:MAX_ENTRY_RUNS]:
             values = {n: v for n, v, _ in d.metrics.get(r["run_id"], [])}
             run_rows.append(Row([Cell(r["run_id"], href=run_page(r["run_id"])), num(str(r["seed"]), r["seed"]), Cell(r["status"], cls=f"status-{r['status']}"),
                                  *(num(fmt(values.get(n)), values.get(n)) for n in metric_names),
@@ -763,7 +766,7 @@ class Site:
                                epochs=(runs[0]["spec"].get("recipe", {}).get("epochs") if runs else None), shown=[f"seed {r['seed']}" for r in runs])
         self.page(entry_page(p, e.method), "entry.html", f"{e.method} on {p['suite']} · {p['variant']}",
                   [(suite_page(p["suite"]), p["suite"]), (board_page(p), f"{p['scale']} · {p['variant']}")], charts,
-                  facts=facts, params=params, run_headers=["run", "seed", "status", *metric_names, "duration"], runs=run_rows)
+                  facts=facts, params=params, run_headers=["run", "seed", "status", *metric_names, "duration"], runs=run_rows, runs_note=runs_note)
 
     def method(self, name: str) -> None:
         d = self.data

@@ -28,7 +28,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +335,7 @@ class _Staged:
     folder: Path
     moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final), in the order they are renamed
     info: Any = None  # the result file's stat, taken on the temporary
+    new_folder: bool = False  # created by this write: nothing was there before it
 
 
 def _flush_file_system(folder: Path) -> bool:
@@ -360,6 +361,14 @@ def _flush_file_system(folder: Path) -> bool:
 class SyncReport:
     ingested: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # what was skipped (a file's resolved path) -> why
+    # a full sync: the status of every valid result file it listed, by run id (what `statuses()` would list again)
+    statuses: dict[str, str] | None = None
+
+    def done_ids(self) -> set[str]:
+        """Of a full sync: the runs that need no training (as `ResultStore.done_ids`), without listing the folder again."""
+        if self.statuses is None:
+            raise ValueError("only a full sync (no records given) lists the statuses of the folder's runs")
+        return {rid for rid, status in self.statuses.items() if status in DONE_STATUSES}
 
     @property
     def problems(self) -> list[str]:
@@ -391,6 +400,7 @@ class ResultStore:
         self.rebuilt_runs = 0  # runs ingested by rebuilds of the database (see connect)
         self._known: dict[str, KnownFile] | None = None  # result files vouched for at the last sync (see KnownFile)
         self._written: dict[str, _Written] = {}  # result files written since the last sync
+        self._session: Any = None  # the connection `writing_session` keeps open, if one is
 
     # -- the folder ---------------------------------------------------------------------------
     def _check_folder(self) -> None:
@@ -436,7 +446,7 @@ class ResultStore:
         (path,) = self.write_many([(record, predictions)])
         return path
 
-    def write_many(self, items: Iterable[tuple[dict[str, Any], bytes | None]], *, checked: bool = False) -> list[Path]:
+    def write_many(self, items: Iterable[tuple[dict[str, Any], bytes | None]], *, checked: bool = False, texts: dict[str, bytes] | None = None) -> list[Path]:
         """Write several runs' result files (record, predictions bytes or None), each as `write`
         does: checked, atomically, durable before it is renamed into place. For more than one
         file the data reach the disk through one flush of the file system instead of one fsync
@@ -446,7 +456,13 @@ class ResultStore:
 
         `checked=True`: the records already passed `validate_record` and hold no NaN or infinity
         (records read with `read_result` do, and predictions were checked with them), so they are
-        not checked a second time: checking is most of the cost of writing thousands."""
+        not checked a second time: checking is most of the cost of writing thousands. `texts`
+        (with `checked`): run id -> the bytes of a result file that parses to exactly that record
+        (one read and validated, e.g. by `harness collect`), written as they are instead of
+        encoding the record again."""
+        if texts and not checked:
+            raise ValueError("write_many(texts=...) takes only records already checked (checked=True)")
+        texts = texts or {}
         pending: dict[str, tuple[dict[str, Any], bytes | None]] = {}  # a run given twice is written as given last
         for record, predictions in items:
             record = dict(record)
@@ -472,6 +488,7 @@ class ResultStore:
                 item = _Staged(record, self.runs_dir / record["run_id"])
                 try:
                     os.mkdir(item.folder)
+                    item.new_folder = True
                 except FileExistsError as exc:
                     if not item.folder.is_dir():
                         raise _os_error(exc, f"creating {item.folder}", self.root) from None
@@ -481,9 +498,9 @@ class ResultStore:
                 beside = item.folder / PREDICTIONS_FILE
                 if record.get("predictions") is not None and predictions is not None:
                     item.moves.append((self._write_temporary(beside, predictions, fsync=fsync_each)[0], beside))
-                elif record.get("predictions") is None and beside.exists():
+                elif record.get("predictions") is None and not item.new_folder and beside.exists():
                     _unlink_quietly(beside)  # left by an earlier result of this run that had predictions
-                text = result_text(record).encode("utf-8")
+                text = texts.get(record["run_id"]) or result_text(record).encode("utf-8")
                 tmp, item.info = self._write_temporary(item.folder / "result.json", text, fsync=fsync_each)
                 item.moves.append((tmp, item.folder / "result.json"))
             if not fsync_each:
@@ -499,11 +516,13 @@ class ResultStore:
                     item.moves.pop(0)
                 info, rid = item.info, item.record["run_id"]
                 self._written[rid] = _Written(item.record, record_digest(item.record), info.st_ino, info.st_size, info.st_mtime_ns)
+                paths.append(item.folder / "result.json")
+                if item.new_folder:
+                    continue  # no temporary of an earlier write can be in a folder this write made
                 own = item.folder / f".result.json.{_HOST}.{os.getpid()}.tmp"
                 for entry in os.scandir(item.folder):  # temporaries left by a write that was killed or failed
                     if entry.name.startswith(".") and entry.name.endswith(".tmp") and _leftover_temporary(item.folder / entry.name, own):
                         _unlink_quietly(item.folder / entry.name)
-                paths.append(item.folder / "result.json")
         except BaseException:
             for item in staged:
                 for tmp, _ in item.moves:
@@ -835,6 +854,21 @@ class ResultStore:
         for problem in report.problems:
             self.warn(problem)
 
+    @contextmanager
+    def writing_session(self) -> Iterator[None]:
+        """Keep one write connection open for the block: the syncs inside it use it instead of
+        opening the database each time (`harness collect` syncs thousands of records a batch at a
+        time). Other processes wait for the database until the block ends, as for any writer."""
+        if self._session is not None:
+            yield
+            return
+        self._session = self.connect()
+        try:
+            yield
+        finally:
+            con, self._session = self._session, None
+            con.close()
+
     def sync(self, records: Iterable[dict[str, Any]] | None = None) -> SyncReport:
         """Ingest result records (default: the valid files under runs/) the database lacks or holds older.
 
@@ -855,7 +889,8 @@ class ResultStore:
         clock = self._clock()  # before any file is stat'ed: a change after it is always seen
         listing = self._listing()
         rebuilt_before = self.rebuilt_runs
-        con = self.connect()  # may rebuild the database from the files first
+        own = self._session is None
+        con = self.connect() if own else self._session  # may rebuild the database from the files first
         try:
             report.ingested += self.rebuilt_runs - rebuilt_before
             try:
@@ -868,7 +903,14 @@ class ResultStore:
                         del known[rid]
             except duckdb.Error as exc:
                 raise HarnessError(_db_error(self.db_path, exc)) from None
-            unread = [(name, path, state) for name, path, state in listing if not (state is not None and name in known and known[name].vouches_for(state))]
+            statuses: dict[str, str] = {}
+            unread = []
+            for name, path, state in listing:
+                held = known.get(name)
+                if state is not None and held is not None and held.vouches_for(state):
+                    statuses[name] = held.status
+                else:
+                    unread.append((name, path, state))
             for start in range(0, len(unread), BATCH):  # read, check and ingest a batch at a time: memory stays bounded
                 records, states = [], {}
                 for name, path, state in unread[start : start + BATCH]:
@@ -878,13 +920,16 @@ class ResultStore:
                         report.skip_file(Path(path), str(exc))
                         continue
                     records.append(record)
+                    statuses[name] = record["status"]
                     if state is not None:
                         states[name] = state
                 if records:
                     report.ingested += self._store(records, states, clock, report, known, con=con)
         finally:
-            con.close()
+            if own:
+                con.close()
         self._known = known
+        report.statuses = statuses
         return report
 
     def _sync_records(self, records: list[dict[str, Any]]) -> SyncReport:
@@ -920,14 +965,14 @@ class ResultStore:
         import duckdb
 
         digests = {**{r["run_id"]: record_digest(r) for r in records if r["run_id"] not in (digests or {})}, **(digests or {})}
-        own = con is None
-        con = self.connect() if own else con
+        own = con is None and self._session is None
+        con = self.connect() if own else (con if con is not None else self._session)
         try:
             ids = [r["run_id"] for r in records]
             held = dict(con.execute("SELECT run_id, record_digest FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
             fresh = [r for r in records if held.get(r["run_id"]) != digests[r["run_id"]]]
             with _digests_known(fresh, digests):
-                ingested = self._ingest(con, fresh, report) if fresh else set()
+                ingested = self._ingest(con, fresh, report, held=held.keys()) if fresh else set()
             stored = [r for r in records if r["run_id"] in ingested or held.get(r["run_id"]) == digests[r["run_id"]]]
             rows = [(r["run_id"], states[r["run_id"]], digests[r["run_id"]], r["status"]) for r in stored if r["run_id"] in states]
             if rows and clock:
@@ -942,15 +987,17 @@ class ResultStore:
                 known[rid] = KnownFile(state, clock, digest, status)
         return len(ingested)
 
-    def _ingest(self, con: Any, records: list[dict[str, Any]], report: SyncReport) -> set[str]:
-        """Insert (or replace) these records' rows; the run ids stored."""
+    def _ingest(self, con: Any, records: list[dict[str, Any]], report: SyncReport, *, held: Collection[str] | None = None) -> set[str]:
+        """Insert (or replace) these records' rows; the run ids stored. `held`: the run ids the
+        database has rows of (None: any may); only their old rows need deleting."""
         import duckdb
 
         def insert(batch: list[dict[str, Any]]) -> None:
+            replaced = [r["run_id"] for r in batch if held is None or r["run_id"] in held]
             con.execute("BEGIN TRANSACTION")
             try:
-                _insert(con, batch)
-                _insert_predictions(con, batch, predictions)
+                _insert(con, batch, replaced)
+                _insert_predictions(con, batch, predictions, replaced)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -1015,16 +1062,16 @@ def _clean_number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _insert_predictions(con: Any, records: list[dict[str, Any]], predictions: dict[str, dict[str, Any]]) -> None:
+def _insert_predictions(con: Any, records: list[dict[str, Any]], predictions: dict[str, dict[str, Any]], replaced: list[str] | None = None) -> None:
     """Replace these runs' per-sample predictions; `predictions`: run id -> its checked predictions
     (harness.predictions.decode); a run without an entry has none stored."""
     import pandas as pd
 
     from harness.predictions import empty_rows, table_rows
 
-    ids = [r["run_id"] for r in records]
-    for table in ("predictions", "prediction_summaries"):
-        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    replaced = [r["run_id"] for r in records] if replaced is None else replaced
+    for table in ("predictions", "prediction_summaries") if replaced else ():
+        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [replaced])
     held = [r for r in records if r["run_id"] in predictions and r.get("predictions") is not None]
     if not held:
         return
@@ -1056,42 +1103,54 @@ def _insert_states(con: Any, rows: list[tuple[str, FileState, int, str]]) -> Non
         con.unregister("new_states")
 
 
-def _insert(con: Any, records: list[dict[str, Any]]) -> None:
+_RUN_COLUMNS = (  # the runs table's columns in order (a database made before `baseline` existed gained it last)
+    "run_id, suite, suite_version, scale, variant, entry, CAST(seed AS INTEGER), dataset, model, recipe_id, primary_metric, "
+    "primary_higher_is_better, status, error, CAST(started_at AS TIMESTAMP), CAST(finished_at AS TIMESTAMP), duration_s, spec, "
+    "provenance, info, record_digest, baseline"
+)
+
+
+def _timestamp_value(text: Any) -> str | None:
+    """A record's time (checked to be ISO 8601 without a zone) as the text DuckDB casts to a TIMESTAMP."""
+    return dt.datetime.fromisoformat(timestamp_text(text)).isoformat(sep=" ") if text else None
+
+
+def _insert(con: Any, records: list[dict[str, Any]], replaced: list[str] | None = None) -> None:
+    """Insert these records' rows, first deleting the old rows of the run ids `replaced` (default: all of them)."""
     import pandas as pd
 
-    ids = [r["run_id"] for r in records]
-    for table in ("metrics", "series", "runs"):
-        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-    rows = []
-    for r in records:
-        entry, variant = derived_names(r)  # the spec decides the row, not what the record says
-        rows.append(
-            {
-                "run_id": r["run_id"],
-                "suite": r["spec"]["suite"],
-                "suite_version": r["spec"]["suite_version"],
-                "scale": r["spec"]["scale"],
-                "variant": variant,
-                "entry": entry,
-                "seed": int(r["spec"]["seed"]),
-                "dataset": r["spec"]["recipe"].get("dataset"),
-                "model": r["spec"]["recipe"].get("model"),
-                "recipe_id": recipe_id(r["spec"]["recipe"]),
-                "primary_metric": r["primary_metric"],
-                "primary_higher_is_better": bool(r.get("primary_higher_is_better", True)),
-                "status": r["status"],
-                "error": r.get("error"),
-                "started_at": pd.Timestamp(timestamp_text(r.get("started_at"))) if r.get("started_at") else pd.NaT,
-                "finished_at": pd.Timestamp(timestamp_text(r.get("finished_at"))) if r.get("finished_at") else pd.NaT,
-                "duration_s": _clean_number(r.get("duration_s")),
-                "spec": json.dumps(r["spec"], sort_keys=True),
-                "provenance": json.dumps(r["provenance"], sort_keys=True),
-                "info": json.dumps(r.get("info", {}), sort_keys=True),
-                "record_digest": record_digest(r),
-                "baseline": r.get("baseline"),
-            }
-        )
-    runs = pd.DataFrame(rows)
+    replaced = [r["run_id"] for r in records] if replaced is None else replaced
+    for table in ("metrics", "series", "runs") if replaced else ():
+        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [replaced])
+    names = [derived_names(r) for r in records]  # the spec decides the row, not what the record says
+    specs = [r["spec"] for r in records]
+    runs = pd.DataFrame({  # column by column, the times as text that the INSERT casts: a dict and two Timestamps per row cost more
+        "run_id": [r["run_id"] for r in records],
+        "suite": [sp["suite"] for sp in specs],
+        "suite_version": [sp["suite_version"] for sp in specs],
+        "scale": [sp["scale"] for sp in specs],
+        "variant": [variant for _, variant in names],
+        "entry": [entry for entry, _ in names],
+        "seed": [int(sp["seed"]) for sp in specs],
+        "dataset": [sp["recipe"].get("dataset") for sp in specs],
+        "model": [sp["recipe"].get("model") for sp in specs],
+        "recipe_id": [recipe_id(sp["recipe"]) for sp in specs],
+        "primary_metric": [r["primary_metric"] for r in records],
+        "primary_higher_is_better": [bool(r.get("primary_higher_is_better", True)) for r in records],
+        "status": [r["status"] for r in records],
+        "error": [r.get("error") for r in records],
+        "started_at": [_timestamp_value(r.get("started_at")) for r in records],
+        "finished_at": [_timestamp_value(r.get("finished_at")) for r in records],
+        "duration_s": [_clean_number(r.get("duration_s")) for r in records],
+        "spec": [json.dumps(sp, sort_keys=True) for sp in specs],
+        "provenance": [json.dumps(r["provenance"], sort_keys=True) for r in records],
+        "info": [json.dumps(r.get("info", {}), sort_keys=True) for r in records],
+        "record_digest": [record_digest(r) for r in records],
+        "baseline": [r.get("baseline") for r in records],
+    })
+    runs["primary_higher_is_better"] = runs["primary_higher_is_better"].astype(bool)
+    runs["seed"] = runs["seed"].astype("int64")
+    runs["duration_s"] = runs["duration_s"].astype("float64")
     metrics = pd.DataFrame(
         [(r["run_id"], name, _clean_number(m["value"]), bool(m["higher_is_better"]), i) for r in records for i, (name, m) in enumerate(r["metrics"].items())],
         columns=["run_id", "name", "value", "higher_is_better", "position"],
@@ -1107,7 +1166,7 @@ def _insert(con: Any, records: list[dict[str, Any]]) -> None:
     con.register("new_metrics", metrics)
     con.register("new_series", series)
     try:
-        con.execute("INSERT INTO runs SELECT * FROM new_runs")
+        con.execute(f"INSERT INTO runs SELECT {_RUN_COLUMNS} FROM new_runs")
         con.execute("INSERT INTO metrics SELECT run_id, name, value, higher_is_better, CAST(position AS INTEGER) FROM new_metrics")
         con.execute("INSERT INTO series SELECT run_id, name, CAST(idx AS INTEGER), value FROM new_series")
     finally:

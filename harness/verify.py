@@ -5,9 +5,9 @@ board (suite, scale, variant, and optionally suite version, dataset, model and r
 primary metric's mean over given seeds for each entry and a tolerance:
 
     {"schema": 1, "about": "...", "boards": [
-      {"suite": "long_tail", "scale": "tiny", "variant": "ratio=100", "suite_version": "1",
-       "dataset": "mnist5k", "model": "fast_cnn", "recipe_id": "65aaa18e", "metric": "top1",
-       "seeds": [0, 1, 2], "entries": {"ce": {"mean": 0.406, "tolerance": 0.014}, ...}}]}
+      {"suite": "long_tail", "scale": "tiny", "variant": "ratio=100,test_dist=uniform", "suite_version": "3",
+       "dataset": "mnist5k", "model": "fast_cnn3", "recipe_id": "c95a6dae", "metric": "top1",
+       "seeds": [0, 1, 2], "entries": {"ce": {"mean": 0.756, "tolerance": 0.026}, ...}}]}
 
 An entry drifts when |stored mean − target mean| > tolerance, when a target seed has no ok run,
 or when the board itself moved (no stored board, a different suite version, dataset, model,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.models import CifarResNet, CifarResNet18, FastCNN, ModelSource, SmallCNN
+from harness.models import CifarResNet, CifarResNet18, FastCNN, FastCNN3, ModelSource, SmallCNN
 from harness_plugins.domain_networks import FastGroupNormCNN, MnistCNN
 
 
@@ -19,8 +19,15 @@ def harness_register_models(register):
     register(
         ModelSource(
             "fast_cnn",
-            "two stride-2 conv-BN-ReLU layers (16, 32 channels) + linear head: the long-tail tiny model, <1 s a run on a CPU",
+            "two stride-2 conv-BN-ReLU layers (16, 32 channels), average-pooled to 2x2, + linear head: the calibration and distillation tiny model",
             lambda num_classes, in_chans, img_size: FastCNN(num_classes, in_chans, img_size),
+        )
+    )
+    register(
+        ModelSource(
+            "fast_cnn3",
+            "three stride-2 conv-BN-ReLU layers (16, 32, 64 channels) + linear head over the flattened map: the long-tail tiny model",
+            lambda num_classes, in_chans, img_size: FastCNN3(num_classes, in_chans, img_size),
         )
     )
     register(

@@ -37,7 +37,7 @@ def test_run_stores_every_run_prints_the_leaderboard_and_caches(tmp_path):
     results = f"results={tmp_path}"
     code, out, err = run_cli("run", *FAST, "method=ce,balanced_softmax", "seeds=2", results)
     assert code == 0, err
-    assert "long_tail v2 | scale=tiny | ratio=100,test_dist=uniform | mnist5k / fast_cnn" in out
+    assert "long_tail v3 | scale=tiny | ratio=100,test_dist=uniform | mnist5k / fast_cnn3" in out
     assert "balanced_softmax" in out and "top1 ↑" in out and "ece ↓" in out
     runs = stored(tmp_path)
     assert [(r["entry"], r["seed"], r["status"]) for r in runs] == [("balanced_softmax", 0, "ok"), ("balanced_softmax", 1, "ok"), ("ce", 0, "ok"), ("ce", 1, "ok")]
@@ -64,7 +64,7 @@ def test_leaderboard_formats_show_and_list(tmp_path):
     assert all(r["n"] == 2 and r["metric"] == "top1" for r in rows)
     assert sorted(r["rank"] for r in rows) in ([1, 2], [1, 1])
     code, out, _ = run_cli("leaderboard", "suite=long_tail", "format=markdown", results)
-    assert code == 0 and out.startswith("### long_tail v2") and "| rank" in out
+    assert code == 0 and out.startswith("### long_tail v3") and "| rank" in out
     code, out, _ = run_cli("leaderboard", "format=csv", results)
     assert code == 0 and out.splitlines()[0].startswith("suite,suite_version,scale,variant")
 

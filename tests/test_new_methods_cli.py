@@ -33,7 +33,10 @@ NEW = ("stablemax", "spherical_zloss", "comp_sum", "ensloss", "palm_zloss", "per
 @pytest.mark.slow
 @pytest.mark.parametrize("entry,suite", ENTRIES)
 def test_each_method_runs_alone(entry, suite, tmp_path):
-    code, out, err = run_cli("run", f"suite={suite}", f"method={entry}", "epochs=1", "seeds=1", f"results={tmp_path}", "format=json")
+    # comp_sum (tau = 0.5) diverges at long_tail v3's lr 0.1 (its loss grows exponentially in the logit gap;
+    # docs/evidence/long_tail_default.md): run it where it trains, to check that it runs
+    recipe = ("lr=0.02",) if entry == "comp_sum" else ()
+    code, out, err = run_cli("run", f"suite={suite}", f"method={entry}", "epochs=1", "seeds=1", *recipe, f"results={tmp_path}", "format=json")
     assert code == 0, err[-3000:]
     rows = json.loads(out)
     assert len(rows) == 1 and rows[0]["n"] == 1 and rows[0]["failed"] == 0, out[-2000:]

@@ -16,7 +16,7 @@ from harness.predictions import BadPredictions, Predictions, decode, encode, res
 from harness.store import ResultStore
 from harness.testing import fake_record, run_cli
 
-LT = {"version": "2", "variant": {"ratio": 100, "test_dist": "uniform"}}
+LT = {"version": "3", "variant": {"ratio": 100, "test_dist": "uniform"}}
 LABELS = torch.arange(20) % 4
 
 

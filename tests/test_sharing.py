@@ -20,7 +20,7 @@ from harness.sharing import pull, pull_artifacts, push, push_artifacts
 from harness.store import PREDICTIONS_FILE, ResultStore
 from harness.testing import fake_record, run_cli
 
-LT = {"version": "2", "variant": {"ratio": 100, "test_dist": "uniform"}}  # the installed long_tail card's version and axes
+LT = {"version": "3", "variant": {"ratio": 100, "test_dist": "uniform"}}  # the installed long_tail card's version and axes
 
 
 class FakeHubFileSystem(MemoryFileSystem):

@@ -43,7 +43,7 @@ def with_series(record, **series):
     return record
 
 
-LT = {"version": "2", "variant": {"ratio": 100, "test_dist": "uniform"}}  # the installed long_tail card's version and axes
+LT = {"version": "3", "variant": {"ratio": 100, "test_dist": "uniform"}}  # the installed long_tail card's version and axes
 
 
 @pytest.fixture
@@ -140,11 +140,11 @@ def test_every_local_link_resolves(results, tmp_path):
 def test_board_page_has_statistics_runs_and_plots(results, tmp_path):
     out = tmp_path / "site"
     publish(results, out, catalog=evil_catalog())
-    protocol = {"suite": "long_tail", "suite_version": "2", "scale": "tiny", "variant": "ratio=100,test_dist=uniform", "dataset": "mnist5k", "model": "small_cnn"}
-    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v2-tiny-ratio-100") and n.endswith(".html")]
+    protocol = {"suite": "long_tail", "suite_version": "3", "scale": "tiny", "variant": "ratio=100,test_dist=uniform", "dataset": "mnist5k", "model": "small_cnn"}
+    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v3-tiny-ratio-100") and n.endswith(".html")]
     page = read(out, board)
     assert board == board_page({**protocol, "recipe_id": re.search(r"recipe</th><td>([0-9a-f]{8})", page).group(1)})
-    assert "Student t" in page and "Protocol card: <a" in page and "long_tail v2</a> (version 2)" in page
+    assert "Student t" in page and "Protocol card: <a" in page and "long_tail v3</a> (version 3)" in page
     assert "[0.6852, 0.7348]" in page  # focal's 95% CI
     assert "0.008 ▲ (n=3)" in page and "+0.0900" in page and "p vs ce (t, Holm)" in page  # paired test against ce, Holm over 2
     assert "Failed and diverged runs (2)" in page and "diverged" in page
@@ -163,7 +163,7 @@ def test_uninstalled_suites_and_methods_still_get_pages(results, tmp_path):
     ghost = read(out, method_page("ghost_method"))
     assert "is not installed here" in ghost and "ghost_suite v1" in ghost
     focal = read(out, method_page("focal"))
-    assert "Lin et al." in focal and "gamma" in focal and "harness-bench" in focal and "long_tail v2" in focal
+    assert "Lin et al." in focal and "gamma" in focal and "harness-bench" in focal and "long_tail v3" in focal
 
 
 def test_publish_command(results, tmp_path):
@@ -190,7 +190,7 @@ def chart_specs(page: str) -> dict[str, dict]:
 
 
 def board_html(out: Path) -> str:
-    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v2-tiny-ratio-100") and n.endswith(".html")]
+    (board,) = [n for n in site_files(out) if n.startswith("board-long-tail-v3-tiny-ratio-100") and n.endswith(".html")]
     return read(out, board)
 
 
@@ -344,3 +344,16 @@ def test_a_board_row_links_a_bounded_number_of_runs_and_the_entry_page_links_the
     assert len(re.findall(r'href="run-', focal_row)) == 2 and "… all 5 runs" in focal_row  # 3 ok, 1 failed, 1 diverged
     (entry,) = [n for n in site_files(out) if n.startswith("entry-long-tail-focal-") and n.endswith(".html")]
     assert len(set(re.findall(r'href="(run-[^"]+)"', read(out, entry)))) == 5
+
+
+def test_an_entry_page_lists_a_bounded_number_of_runs_and_says_where_the_rest_are(results, tmp_path, monkeypatch):
+    from harness import site
+
+    monkeypatch.setattr(site, "MAX_ENTRY_RUNS", 3)
+    out = tmp_path / "site"
+    publish(results, out, catalog=evil_catalog())
+    (entry,) = [n for n in site_files(out) if n.startswith("entry-long-tail-focal-") and n.endswith(".html")]
+    page = read(out, entry)
+    assert len(set(re.findall(r'href="(run-[^"]+)"', page))) == 3  # the first 3 of 5 by seed
+    assert "The first 3 of its 5 runs by seed" in page
+    assert len([n for n in site_files(out) if n.startswith("run-")]) >= 5  # every run still has its page

@@ -185,10 +185,10 @@ def test_a_record_the_database_refuses_is_skipped_with_its_path_and_the_others_a
     refused = records[1]["run_id"]
     real_insert = store_module._insert
 
-    def picky_insert(con, batch):
+    def picky_insert(con, batch, *rest):
         if any(r["run_id"] == refused for r in batch):
             raise duckdb.ConversionException("Conversion Error: a value the schema did not foresee")
-        real_insert(con, batch)
+        real_insert(con, batch, *rest)
 
     monkeypatch.setattr(store_module, "_insert", picky_insert)
     report = store.sync()

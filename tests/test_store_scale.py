@@ -74,3 +74,88 @@ def test_a_second_collect_of_an_unchanged_folder_reads_no_result_file(tmp_path, 
 def test_collect_of_a_missing_source_says_what_to_give(tmp_path):
     with pytest.raises(HarnessError, match="does not exist"):
         collect([tmp_path / "nowhere"], tmp_path / "target")
+
+
+def test_collect_copies_an_unchanged_result_file_byte_for_byte_and_rewrites_a_normalised_one(tmp_path):
+    from harness.catalog import load_catalog
+
+    card = load_catalog().suites.get("long_tail")
+    same = fake_record(seed=0, version=str(card.version), variant={"ratio": 100, "test_dist": "uniform"})
+    same["baseline"] = card.baseline
+    lying = fake_record(seed=1, version=str(card.version), variant={"ratio": 100, "test_dist": "uniform"})
+    lying["baseline"] = "not_the_baseline"
+    src = ResultStore(tmp_path / "src")
+    src.write_many([(same, None), (lying, None)])
+    text = (tmp_path / "src" / "runs" / same["run_id"] / "result.json").read_bytes()
+    hand_formatted = b"\n".join(line.strip() for line in text.splitlines())  # valid JSON, another layout
+    (tmp_path / "src" / "runs" / same["run_id"] / "result.json").write_bytes(hand_formatted)
+
+    report = collect([tmp_path / "src"], tmp_path / "target", suites=[card])
+    assert report.copied == report.ingested == 2
+    copied = tmp_path / "target" / "runs" / same["run_id"] / "result.json"
+    assert copied.read_bytes() == hand_formatted  # stored as read: nothing in it changed
+    fixed = read_result(tmp_path / "target" / "runs" / lying["run_id"] / "result.json")
+    assert fixed["baseline"] == card.baseline  # the card decides; the file was written anew
+    con = ResultStore(tmp_path / "target").connect(read_only=True)
+    try:
+        digests = dict(con.execute("SELECT run_id, record_digest FROM runs").fetchall())
+    finally:
+        con.close()
+    from harness.store import record_digest
+
+    assert digests[same["run_id"]] == record_digest(read_result(copied))
+
+
+def test_a_reader_process_gives_the_same_collect_as_reading_here(tmp_path, monkeypatch):
+    records = _source(tmp_path / "src", 9)
+    bad = tmp_path / "src" / "runs" / records[4]["run_id"] / "result.json"
+    bad.write_text('{"schema": 1, "run_id": "x"')  # corrupt: reported, the others collected
+    import concurrent.futures
+
+    import harness.cpu
+
+    monkeypatch.setattr(harness.cpu, "usable_cpus", lambda *a: 2)
+    started = []
+
+    class CountedPool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountedPool)
+    results = {}
+    for name, ahead in (("here", 10**9), ("reader", 1)):
+        monkeypatch.setattr(collect_module, "READ_AHEAD_FILES", ahead)
+        monkeypatch.setattr(collect_module, "READ_CHUNK", 2)  # several chunks, a window of them in flight
+        report = collect([tmp_path / "src"], tmp_path / name)
+        files = sorted((tmp_path / name / "runs").glob("*/result.json"))
+        results[name] = (report.copied, report.ingested, len(report.problems), [f.read_bytes() for f in files])
+    assert len(started) == 1  # the second collect read in a reader process
+    assert results["reader"] == results["here"]
+    assert results["here"][:3] == (8, 8, 1)
+
+
+def test_a_full_sync_lists_the_runs_that_are_done(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_many([(fake_record(seed=0), None), (fake_record(seed=1, status="failed"), None), (fake_record(seed=2), None)])
+    (tmp_path / "runs" / fake_record(seed=2)["run_id"] / "result.json").write_text("{")  # corrupt: not done
+    report = store.sync()
+    assert report.done_ids() == store.done_ids() == {fake_record(seed=0)["run_id"]}
+    assert report.statuses == store.statuses()
+    again = store.sync()  # the files are now vouched for by the database: the same answer without reading them
+    assert again.done_ids() == report.done_ids() and again.statuses == report.statuses
+    with pytest.raises(ValueError, match="full sync"):
+        store.sync([fake_record(seed=3)]).done_ids()
+
+
+def test_a_series_value_that_is_not_a_finite_number_is_refused_with_its_place(tmp_path):
+    from harness.records import CorruptResult, validate_record
+
+    for value in (float("nan"), float("inf"), True, "0.5", 10**400):
+        record = fake_record(seed=0)
+        record["series"]["curve"] = [0.1, None, 3, value]
+        with pytest.raises(CorruptResult, match=r"series\.curve\[3\] is "):
+            validate_record(record)
+    record = fake_record(seed=0)
+    record["series"]["curve"] = [0.1, None, 3, -2.5e300]
+    assert validate_record(record) is record

@@ -125,10 +125,11 @@ def test_command_errors(tmp_path, targets):
 def test_the_committed_targets_cover_the_long_tail_default_board():
     (board,) = load_targets(REPO / "benchmarks" / "regression_targets.json")
     assert (board["suite"], board["scale"], board["variant"], board["metric"]) == ("long_tail", "tiny", "ratio=100,test_dist=uniform", "top1")
-    assert board["suite_version"] == "2" and board["seeds"] == [0, 1, 2]
-    assert len(board["entries"]) == 30 and "ce" in board["entries"] and "ce+mixup" in board["entries"]
-    # spherical_zloss has one collapsed seed of three (std 0.085), hence the widest tolerance, 0.21
-    assert all(0.005 <= t["tolerance"] < 0.25 for t in board["entries"].values())
+    assert board["suite_version"] == "3" and board["model"] == "fast_cnn3" and board["seeds"] == [0, 1, 2]
+    # the default grid's 30 entries less comp_sum, which diverges at every seed (no ok run, no target)
+    assert len(board["entries"]) == 29 and "ce" in board["entries"] and "ce+mixup" in board["entries"] and "comp_sum" not in board["entries"]
+    # spherical_zloss has one seed of three far below the others (std 0.106), hence the widest tolerance, 0.26
+    assert all(0.005 <= t["tolerance"] < 0.3 for t in board["entries"].values())
 
 
 @pytest.mark.slow
