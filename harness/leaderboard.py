@@ -17,12 +17,14 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from harness import stats, tuning
 
@@ -30,31 +32,48 @@ PROTOCOL_KEYS = ("suite", "suite_version", "scale", "variant", "dataset", "model
 FORMATS = ("table", "markdown", "csv", "json")
 ROWS = ("all", "tuned")  # every configuration, or per tuning group only its default and its tuned row
 
-_METRICS_SQL = """
-SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry,
-       r.primary_metric, r.primary_higher_is_better,
-       m.name AS metric, bool_and(m.higher_is_better) AS higher_is_better,
-       avg(m.value) AS mean, stddev_samp(m.value) AS std, count(m.value) AS n, min(m.position) AS position
-FROM runs r JOIN metrics m USING (run_id)
-WHERE r.status = 'ok' {where}
-GROUP BY ALL
-"""
+_ENTRY_KEY = "r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry"
+# Runs are grouped by 64-bit hashes of their protocol and entry (entry_id) and of those plus the primary metric
+# (group_id), computed once per run before the join with `metrics`: a join and aggregation over a million metric rows
+# carrying ten text columns costs several times one carrying an integer. `_entries` checks the hashes are distinct.
+_ENTRY_ID = "hash(" + _ENTRY_KEY + ", {salt})"
+_GROUP_ID = "hash(" + _ENTRY_KEY + ", r.primary_metric, r.primary_higher_is_better, {salt})"
 
 _STATUS_SQL = """
-SELECT suite, suite_version, scale, variant, dataset, model, recipe_id, entry, primary_metric, primary_higher_is_better,
-       count(*) FILTER (WHERE status = 'ok') AS ok,
-       count(*) FILTER (WHERE status <> 'ok') AS not_ok,
-       count(*) FILTER (WHERE status = 'diverged') AS diverged
-FROM runs r WHERE true {where}
-GROUP BY ALL
+SELECT *, """ + _GROUP_ID + " AS group_id, " + _ENTRY_ID + """ AS entry_id
+FROM (
+    SELECT suite, suite_version, scale, variant, dataset, model, recipe_id, entry, primary_metric, primary_higher_is_better,
+           count(*) FILTER (WHERE status = 'ok') AS ok,
+           count(*) FILTER (WHERE status <> 'ok') AS not_ok,
+           count(*) FILTER (WHERE status = 'diverged') AS diverged
+    FROM runs r WHERE true {where}
+    GROUP BY ALL
+) r
 """
 
-# the primary metric of every ok run, by seed: what paired tests compare
-_SEEDS_SQL = """
-SELECT r.suite, r.suite_version, r.scale, r.variant, r.dataset, r.model, r.recipe_id, r.entry, r.seed, avg(m.value)
-FROM runs r JOIN metrics m ON m.run_id = r.run_id AND m.name = r.primary_metric
-WHERE r.status = 'ok' AND m.value IS NOT NULL {where}
-GROUP BY ALL
+# MATERIALIZED: otherwise the optimizer computes the hashes after the join, once per metric row
+_OK_RUNS = """
+WITH r AS MATERIALIZED (
+    SELECT r.run_id, r.seed, r.primary_metric, """ + _GROUP_ID + " AS group_id, " + _ENTRY_ID + """ AS entry_id
+    FROM runs r WHERE r.status = 'ok' {where}
+)
+"""
+
+# Per (entry, metric): mean, sample std and n over the entry's ok runs (kind 0), an entry's metrics together in the
+# suite's order; per (entry, seed): the primary metric, averaged over that seed's runs, which paired tests compare
+# (kind 1). One join of runs with metrics for both.
+_AGGREGATES_SQL = _OK_RUNS + """,
+j AS MATERIALIZED (
+    SELECT r.group_id, r.entry_id, r.seed, m.name = r.primary_metric AS is_primary, m.name, m.value, m.higher_is_better, m.position
+    FROM r JOIN metrics m USING (run_id)
+)
+SELECT 0 AS kind, entry_id, group_id, name AS metric, NULL::INTEGER AS seed, bool_and(higher_is_better) AS higher_is_better,
+       avg(value) AS mean, stddev_samp(value) AS std, count(value) AS n, min(position) AS position
+FROM j GROUP BY entry_id, group_id, name
+UNION ALL
+SELECT 1, entry_id, NULL, NULL, seed, NULL, avg(value), NULL, NULL, NULL
+FROM j WHERE is_primary AND value IS NOT NULL GROUP BY entry_id, seed
+ORDER BY kind, entry_id, position, metric, group_id, seed
 """
 
 # the tests a board offers: the seed-level tests of harness.stats, and McNemar's test on stored per-sample predictions
@@ -210,24 +229,8 @@ def build_boards(
         if value is not None:
             where += f" AND r.{column} = ?"
             params.append(value)
-    boards: dict[tuple, dict[str, Entry]] = {}
-    for row in con.execute(_STATUS_SQL.format(where=where), params).fetchall():
-        key, (entry, primary, hib, ok, not_ok, diverged) = tuple(row[:7]), row[7:]
-        boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok, diverged=diverged)
-    metric_rows = con.execute(_METRICS_SQL.format(where=where), params).fetchall()
-    for row in sorted(metric_rows, key=lambda r: r[15]):  # the suite's metric order
-        key, entry, metric, hib, mean, std, n = tuple(row[:7]), row[7], row[10], row[11], row[12], row[13], row[14]
-        mean, std = _clean(mean), _clean(std)
-        interval = stats.confidence_interval(mean, std, n)
-        boards[key][entry].metrics[metric] = {
-            "mean": mean, "std": std, "n": n,
-            "ci_low": interval.low if interval else None, "ci_high": interval.high if interval else None,
-            "higher_is_better": bool(hib),
-        }
-    for row in con.execute(_SEEDS_SQL.format(where=where), params).fetchall():
-        key, entry, seed, value = tuple(row[:7]), row[7], int(row[8]), _clean(row[9])
-        if value is not None:
-            boards[key][entry].seeds[seed] = value
+    boards, groups, entry_ids, salt = _entries(con, where, params)
+    _attach_aggregates(con.execute(_AGGREGATES_SQL.format(where=where, salt=salt), params).fetchnumpy(), groups, entry_ids)
     has_predictions = _has_predictions(con)
     if has_predictions:
         for row in con.execute(_DISAGREEMENT_SQL.format(where=where), [PREDICTION_SPLIT, *params]).fetchall():
@@ -247,6 +250,69 @@ def build_boards(
         entries.sort(key=lambda e: (e.rank is None, e.rank or 0, _best_first(e), e.method))
         out.append(board)
     return out
+
+
+_HASH_SALTS = (0, 1, 2, 3)  # a collision of 64-bit hashes among the entries is astronomically unlikely; another salt resolves it
+
+
+def _entries(con: Any, where: str, params: list[Any]) -> tuple[dict[tuple, dict[str, Entry]], dict[int, Entry], dict[int, Entry], int]:
+    """Every protocol's entries with their run counts (protocol -> entry name -> Entry), the same
+    entries by group_id and by entry_id (see _ENTRY_ID), and the salt that keeps those ids distinct."""
+    for salt in _HASH_SALTS:
+        rows = con.execute(_STATUS_SQL.format(where=where, salt=salt), params).fetchall()
+        boards: dict[tuple, dict[str, Entry]] = {}
+        groups: dict[int, Entry] = {}
+        entry_ids: dict[int, Entry] = {}
+        for row in rows:
+            key, (entry, primary, hib, ok, not_ok, diverged, group_id, entry_id) = row[:7], row[7:]
+            groups[group_id] = entry_ids[entry_id] = boards.setdefault(key, {})[entry] = Entry(entry, primary, bool(hib), ok=ok, not_ok=not_ok, diverged=diverged)
+        names = sum(map(len, boards.values()))
+        if len(groups) == len(rows) and len(entry_ids) == names:  # each row is a distinct group, each name a distinct entry
+            break
+    else:  # four independent collisions of 64-bit hashes
+        raise RuntimeError("leaderboard entries could not be told apart by their hashes")
+    if len(rows) > names:  # an entry's runs name two primary metrics: its later row replaced the earlier
+        groups = {row[13]: boards[row[:7]][row[7]] for row in rows}
+        entry_ids = {row[14]: boards[row[:7]][row[7]] for row in rows}
+    return boards, groups, entry_ids, salt
+
+
+def _column(values: Any) -> np.ndarray:
+    """A fetched numeric column as a float array, NULL as NaN."""
+    return np.ma.filled(np.ma.asarray(values, dtype=float), np.nan)
+
+
+def _attach_aggregates(columns: dict[str, Any], groups: dict[int, Entry], entry_ids: dict[int, Entry]) -> None:
+    """The rows of _AGGREGATES_SQL into their entries: each metric's summary with its confidence
+    interval (kind 0), then each seed's primary metric (kind 1). Both come ordered by entry, so an
+    entry's dictionaries lie together in memory (rendering thousands of rows reads them entry by entry)."""
+    split = int(np.count_nonzero(np.ma.getdata(columns["kind"]) == 0))
+    means = _column(columns["mean"])
+    mean, std, n = means[:split], _column(columns["std"][:split]), np.ma.getdata(columns["n"][:split]).astype(np.int64)
+    low, high = stats.confidence_intervals(mean, std, n)
+    rows = zip(np.ma.getdata(columns["group_id"][:split]).tolist(), columns["metric"][:split].tolist(),
+               np.ma.getdata(columns["higher_is_better"][:split]).tolist(), _optional(mean), _optional(std), n.tolist(), _optional(low), _optional(high))
+    metrics_of = {group_id: e.metrics for group_id, e in groups.items()}
+    for group_id, metric, hib, mean_value, std_value, count, ci_low, ci_high in rows:
+        metrics_of[group_id][metric] = {"mean": mean_value, "std": std_value, "n": count, "ci_low": ci_low, "ci_high": ci_high, "higher_is_better": hib}
+    keep = ~np.isnan(means[split:])  # a NaN primary metric is no seed to compare
+    ids, seeds, values = np.ma.getdata(columns["entry_id"][split:])[keep], np.ma.getdata(columns["seed"][split:])[keep], means[split:][keep]
+    seed_list, value_list = seeds.astype(np.int64).tolist(), values.tolist()
+    for entry_id, a, b in _runs_of(ids):
+        entry_ids[entry_id].seeds.update(zip(seed_list[a:b], value_list[a:b]))
+
+
+def _runs_of(ids: np.ndarray) -> list[tuple[int, int, int]]:
+    """(id, start, stop) of each run of equal ids in an array."""
+    if not len(ids):
+        return []
+    starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    return list(zip(ids[starts[:-1]].tolist(), starts, starts[1:]))
+
+
+def _optional(values: np.ndarray) -> list[float | None]:
+    """A float array as a list, NaN as None."""
+    return [None if x != x else x for x in values.tolist()]
 
 
 # per entry: the share of test samples whose predictions differ between two of its seeds, over all seed pairs
@@ -356,10 +422,15 @@ def _best_first(e: Entry) -> float:
 
 
 def _rank(entries: list[Entry]) -> None:
-    scored = [e for e in entries if e.primary_mean is not None]
+    scored, items = [], []
+    for e in entries:  # Entry.primary_mean and Entry.interval, read once
+        m = e.metrics.get(e.primary)
+        if m and m["mean"] is not None:
+            scored.append(e)
+            items.append((m["mean"], None if m.get("ci_low") is None else stats.Interval(m["ci_low"], m["ci_high"])))
     if not scored:
         return
-    ranks = stats.rank_groups([(e.primary_mean, e.interval) for e in scored], higher_is_better=scored[0].higher_is_better)
+    ranks = stats.rank_groups(items, higher_is_better=scored[0].higher_is_better)
     for e, rank in zip(scored, ranks):
         e.rank = rank
 
@@ -383,13 +454,10 @@ def _compare_with_baseline(board: Board) -> None:
 
 
 def _metric_order(board: Board) -> list[str]:
-    names: list[str] = []
-    for e in board.entries:
-        for name in e.metrics:
-            if name not in names:
-                names.append(name)
+    """The board's metrics in order of first appearance down its entries, the primary metric first."""
+    names = list(dict.fromkeys(itertools.chain.from_iterable(e.metrics for e in board.entries)))
     primary = board.entries[0].primary if board.entries else None
-    return sorted(names, key=lambda n: (n != primary, names.index(n)))
+    return sorted(names, key=lambda n: n != primary)  # stable: the others keep their order
 
 
 def fmt_value(x: float | None, digits: int = 4) -> str:
@@ -403,9 +471,12 @@ def fmt_p(p: float | None) -> str:
 
 
 def _cell(m: dict[str, Any] | None) -> str:
-    if not m or m["mean"] is None:
+    if not m:
         return "-"
-    return f"{m['mean']:.4f} ± {m['std']:.4f}" if m["std"] is not None else f"{m['mean']:.4f}"
+    mean, std = m["mean"], m["std"]
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def ci_text(m: dict[str, Any] | None) -> str:
@@ -439,10 +510,13 @@ def p_header(board: Board) -> str:
 
 def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
     metrics = _metric_order(board)
-    arrows = {}
-    for e in board.entries:
+    arrows: dict[str, str] = {}  # a metric's direction as its last entry records it
+    for e in reversed(board.entries):
         for name, m in e.metrics.items():
-            arrows[name] = "↑" if m["higher_is_better"] else "↓"
+            if name not in arrows:
+                arrows[name] = "↑" if m["higher_is_better"] else "↓"
+        if len(arrows) == len(metrics):
+            break
     primary = metrics[0] if metrics else None
     base = board.baseline or "baseline"
     headers = ["rank", "method", *(f"{n} {arrows.get(n, '')}".strip() for n in metrics[:1]), "95% CI", f"Δ vs {base}", p_header(board)]
@@ -456,13 +530,16 @@ def _rows(board: Board) -> tuple[list[str], list[list[Any]]]:
     if board.selections:
         headers.insert(2, "tuning")
     rows = []
+    others = metrics[1:]
     for e in board.entries:
         delta, p = comparison_text(board, e)
-        row = [
-            e.rank if e.rank is not None else "-", e.method, *(_cell(e.metrics.get(n)) for n in metrics[:1]),
-            ci_text(e.metrics.get(primary)) if primary else "-", delta, p,
-            *(_cell(e.metrics.get(n)) for n in metrics[1:]), e.ok, e.not_ok, e.diverged,
-        ]
+        if primary:
+            m = e.metrics.get(primary)
+            row = [e.rank if e.rank is not None else "-", e.method, _cell(m), ci_text(m), delta, p]
+        else:
+            row = [e.rank if e.rank is not None else "-", e.method, "-", delta, p]
+        row += [_cell(e.metrics.get(n)) for n in others]
+        row += (e.ok, e.not_ok, e.diverged)
         if with_reported:
             r = e.reported
             marker = "" if r is None or r.comparable else " *"
@@ -605,22 +682,21 @@ def text_table(rows: list[list[Any]], headers: list[str], tablefmt: str) -> str:
     inference. Text tabulate treats specially (several lines, ANSI codes, tabs, or non-ASCII
     where it measures width with wcwidth) goes to tabulate itself."""
     cells = [["" if v is None else str(v).strip() for v in row] for row in rows]
-    texts = [*headers, *(c for row in cells for c in row)]
-    if tablefmt not in ("simple", "github") or not cells or any(ch in t for t in texts for ch in _UNSAFE_CELL) or (_wide_chars() and not all(t.isascii() for t in texts)):
+    text = "".join(headers) + "".join(itertools.chain.from_iterable(cells))  # a character is in a cell iff it is in their concatenation
+    if (tablefmt not in ("simple", "github") or not cells or any(len(row) != len(headers) for row in cells)
+            or any(ch in text for ch in _UNSAFE_CELL) or (_wide_chars() and not text.isascii())):
         from tabulate import tabulate
 
         return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
-    widths = [len(h) + 2 for h in headers]  # tabulate's minimum padding of a header
-    for row in cells:
-        for i, c in enumerate(row):
-            if len(c) > widths[i]:
-                widths[i] = len(c)
+    widths = [max(len(h) + 2, *map(len, column)) for h, column in zip(headers, zip(*cells))]  # + 2: tabulate's minimum padding of a header
     if tablefmt == "simple":
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        line = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [line.format(*headers).rstrip(), "  ".join("-" * w for w in widths)]
+        lines += [line.format(*row).rstrip() for row in cells]
     else:
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+        line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+        lines = [line.format(*headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines += [line.format(*row) for row in cells]
     return "\n".join(lines)
 
 

@@ -56,6 +56,7 @@ NeurIPS 2021, as implemented in their `rliable` library):
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,6 +128,23 @@ def confidence_interval(mean: float | None, std: float | None, n: int, confidenc
     return Interval(mean - half, mean + half)
 
 
+def confidence_intervals(means: np.ndarray, stds: np.ndarray, ns: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """`confidence_interval` of many means at once: arrays of the low and high bounds, NaN where
+    it is None (a NaN mean or std, or n < 2). The same operations in the same order, so every bound
+    equals the one-at-a-time function's to the last bit."""
+    means, stds, ns = np.asarray(means, dtype=float), np.asarray(stds, dtype=float), np.asarray(ns, dtype=np.int64)
+    low, high = np.full(means.shape, np.nan), np.full(means.shape, np.nan)
+    defined = ~np.isnan(means) & ~np.isnan(stds) & (ns >= 2)
+    if defined.any():
+        n = ns[defined]
+        distinct, which = np.unique(n, return_inverse=True)
+        critical = np.array([t_critical(int(k) - 1, confidence) for k in distinct])[which]
+        with np.errstate(all="ignore"):  # overflowing values give inf bounds, as math does
+            half = critical * stds[defined] / np.sqrt(n.astype(float))
+            low[defined], high[defined] = means[defined] - half, means[defined] + half
+    return low, high
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for one value)."""
     if not values:
@@ -166,27 +184,38 @@ def paired_t_tests(entries: Sequence[Mapping[int, float]], baseline: Mapping[int
     (a board may hold thousands of entries; scipy's per-call overhead would dominate)."""
     out: list[PairedTest | None] = []
     pending: list[tuple[int, float, float, int]] = []  # (index, mean, t, df)
+    base_seeds, base_order = baseline.keys(), sorted(baseline)
+    base_values = [baseline[s] for s in base_order]
     for entry in entries:
-        diffs = _differences(entry, baseline)
-        if not diffs:
+        if entry.keys() == base_seeds:  # the differences of `_differences`, without its set and sort per entry
+            diffs = list(map(operator.sub, map(entry.__getitem__, base_order), base_values))
+        else:
+            diffs = _differences(entry, baseline)
+        n = len(diffs)
+        if not n:
             out.append(PairedTest(0, None, None, None))
             continue
-        if not all(math.isfinite(d) for d in diffs):  # values so large that their differences overflow: no test
-            out.append(PairedTest(len(diffs), None, None, None))
+        if not all(map(math.isfinite, diffs)):  # values so large that their differences overflow: no test
+            out.append(PairedTest(n, None, None, None))
             continue
-        mean, sd = mean_std(diffs)
+        try:  # mean_std, written out: a board may hold thousands of entries
+            mean = math.fsum(diffs) / n
+            sd = math.sqrt(math.fsum([(d - mean) ** 2 for d in diffs]) / (n - 1)) if n > 1 else None
+        except OverflowError:  # nor when their sum or squared deviations do
+            out.append(PairedTest(n, None, None, None))
+            continue
         if sd is None:
             out.append(PairedTest(1, mean, None, None))
         elif sd == 0.0:  # every difference equal: the limits stated in the module doc
-            out.append(PairedTest(len(diffs), mean, 0.0, 1.0) if mean == 0.0 else PairedTest(len(diffs), mean, math.copysign(math.inf, mean), 0.0))
+            out.append(PairedTest(n, mean, 0.0, 1.0) if mean == 0.0 else PairedTest(n, mean, math.copysign(math.inf, mean), 0.0))
         else:
             out.append(None)
-            pending.append((len(out) - 1, mean, mean / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
+            pending.append((len(out) - 1, mean, mean / (sd / math.sqrt(n)), n - 1))
     if pending:
         t = np.array([p[2] for p in pending])
         p_values = 2.0 * _special.stdtr(np.array([p[3] for p in pending]), -np.abs(t))
-        for (i, mean, t_value, df), p in zip(pending, p_values):
-            out[i] = PairedTest(df + 1, mean, t_value, float(p))
+        for (i, mean, t_value, df), p in zip(pending, p_values.tolist()):
+            out[i] = PairedTest(df + 1, mean, t_value, p)
     return out  # type: ignore[return-value]
 
 
