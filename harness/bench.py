@@ -15,8 +15,8 @@ load hits both), `repeats` times, and reports medians and their ratio against th
 | store       | `harness run` in a folder of N runs, until training starts | the same in an empty folder | < 3 s |
 | store       | `harness publish` of N runs, one with a 10^6-point series | -                        | pages < 1 MB  |
 
-The store rows run whole commands in fresh processes and report their peak memory (the process's
-maximum resident set); N is `runs=N` (default `STORE_RUNS`; the targets are stated for 20,000).
+The store rows run whole commands in fresh processes and report their peak memory (the sum of the
+peak resident sets of the command's processes, sampled from /proc); N is `runs=N` (default `STORE_RUNS`; the targets are stated for 20,000).
 """
 
 from __future__ import annotations
@@ -292,14 +292,68 @@ def _stored_runs(root: Path, runs: range, *, long_series: bool = False) -> None:
         store.sync(store.written_records())
 
 
+def _descendants(pid: int) -> list[int]:
+    """A process and every process under it (Linux /proc; [pid] elsewhere)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _peak_kb(pid: int) -> int | None:
+    """The peak resident memory (kB) of a process's own address space so far (VmHWM), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+
+
+class _TreeMemory:
+    """Samples, every 20 ms until stopped, the peak resident memory of each process of a command's
+    tree. Their sum bounds the command's peak from above. (A process's own `ru_maxrss` cannot be
+    used: Linux carries the parent's resident size across fork and exec into it, so a command
+    started by this benchmark process would be charged this process's memory.)"""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peaks, self.done = pid, {}, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.is_set():
+            for p in _descendants(self.pid):
+                kb = _peak_kb(p)
+                if kb is not None:
+                    self.peaks[p] = max(self.peaks.get(p, 0), kb)
+            self.done.wait(0.02)
+
+    def stop(self) -> float | None:
+        """MB: the sum of the sampled per-process peaks (None where /proc is not there)."""
+        self.done.set()
+        self.thread.join()
+        return sum(self.peaks.values()) / 1024 if self.peaks else None
+
+
 def _timed_command(args: list[str], *, until: str | None = None) -> tuple[float, float]:
-    """(seconds, peak resident MB) of `harness ARGS` in a fresh process. With `until`: the seconds
+    """(seconds, peak resident MB) of `harness ARGS` in a fresh process: the MB are the sum of the
+    peaks of its processes (it and those it starts; see _TreeMemory). With `until`: the seconds
     until a line of its output contains that text; the command is then interrupted (Ctrl-C)."""
     import signal
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    memory = _TreeMemory(proc.pid)
     seconds, tail = None, []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -309,6 +363,7 @@ def _timed_command(args: list[str], *, until: str | None = None) -> tuple[float,
             proc.send_signal(signal.SIGINT)
             break
     proc.stdout.read()
+    sampled = memory.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if seconds is None:
@@ -316,7 +371,7 @@ def _timed_command(args: list[str], *, until: str | None = None) -> tuple[float,
         if proc.returncode != 0 or until is not None:
             raise RuntimeError(f"`harness {' '.join(args)}` {'exited' if until is None else f'ended before printing {until!r}'} "
                                f"(status {proc.returncode}):\n{''.join(tail)}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: kilobytes
+    return seconds, sampled if sampled is not None else usage.ru_maxrss / 1024  # ru_maxrss (kB on Linux) where /proc is missing
 
 
 def _median_commands(commands: list[Callable[[], tuple[float, float]]], repeats: int) -> list[tuple[float, float]]:

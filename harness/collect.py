@@ -21,7 +21,6 @@ source of truth) and the target database is then synced from them.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import math
 import os
@@ -126,53 +125,22 @@ def without_predictions(record: dict[str, Any], notes: _Notes, why: str) -> dict
     return record
 
 
-READ_AHEAD_FILES = 4000  # from this many result files on, a second process reads and checks them while this one stores
-READ_CHUNK = 500  # files a reader hands over at a time
-READ_WINDOW = 3  # chunks read ahead of the one being stored: memory stays bounded
-
-
-def read_results(files: list[Path]) -> list[tuple[Path, dict[str, Any] | None, bytes | None, str | None]]:
-    """(file, its checked record, its bytes, None) or (file, None, None, why it is corrupt) for each file."""
-    out: list[tuple[Path, dict[str, Any] | None, bytes | None, str | None]] = []
+def read_results(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any] | None, bytes | None, str | None]]:
+    """(file, its checked record, its bytes, None) or (file, None, None, why it is corrupt) for each file, one at a time."""
     for file in files:
         try:
             record, text = read_result_and_text(file, expected_id=_expected_id(file))
         except CorruptResult as exc:
-            out.append((file, None, None, str(exc)))
+            yield file, None, None, str(exc)
             continue
-        out.append((file, record, text, None))
-    return out
-
-
-def _read_ahead(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any] | None, bytes | None, str | None]]:
-    """`read_results` of the files in order: for thousands of files on a machine with a CPU to
-    spare, in a reader process a few chunks ahead (reading and checking is a third of a collect),
-    else here. The reader only parses and checks JSON, exactly as here."""
-    from harness.cpu import usable_cpus
-
-    if len(files) < READ_AHEAD_FILES or usable_cpus() < 2:
-        yield from read_results(files)
-        return
-    import multiprocessing
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunks = iter([files[i : i + READ_CHUNK] for i in range(0, len(files), READ_CHUNK)])
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as reader:
-        window = deque(reader.submit(read_results, chunk) for chunk in itertools.islice(chunks, READ_WINDOW))
-        while window:
-            done = window.popleft().result()
-            following = next(chunks, None)
-            if following is not None:
-                window.append(reader.submit(read_results, following))
-            yield from done
+        yield file, record, text, None
 
 
 def _from_files(files: Iterable[Path], skipped: SyncReport, notes: _Notes) -> Iterator[Candidate]:
     """Records of result files, one at a time; a record naming predictions brings the checked file
     beside it, and a predictions file that does not match its record refuses the run (a missing
     one only drops them)."""
-    for file, record, text, problem in _read_ahead(list(files)):
+    for file, record, text, problem in read_results(list(files)):
         if record is None:
             skipped.skip_file(file, str(problem))
             continue

@@ -106,35 +106,6 @@ def test_collect_copies_an_unchanged_result_file_byte_for_byte_and_rewrites_a_no
     assert digests[same["run_id"]] == record_digest(read_result(copied))
 
 
-def test_a_reader_process_gives_the_same_collect_as_reading_here(tmp_path, monkeypatch):
-    records = _source(tmp_path / "src", 9)
-    bad = tmp_path / "src" / "runs" / records[4]["run_id"] / "result.json"
-    bad.write_text('{"schema": 1, "run_id": "x"')  # corrupt: reported, the others collected
-    import concurrent.futures
-
-    import harness.cpu
-
-    monkeypatch.setattr(harness.cpu, "usable_cpus", lambda *a: 2)
-    started = []
-
-    class CountedPool(concurrent.futures.ProcessPoolExecutor):
-        def __init__(self, *args, **kwargs):
-            started.append(args)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountedPool)
-    results = {}
-    for name, ahead in (("here", 10**9), ("reader", 1)):
-        monkeypatch.setattr(collect_module, "READ_AHEAD_FILES", ahead)
-        monkeypatch.setattr(collect_module, "READ_CHUNK", 2)  # several chunks, a window of them in flight
-        report = collect([tmp_path / "src"], tmp_path / name)
-        files = sorted((tmp_path / name / "runs").glob("*/result.json"))
-        results[name] = (report.copied, report.ingested, len(report.problems), [f.read_bytes() for f in files])
-    assert len(started) == 1  # the second collect read in a reader process
-    assert results["reader"] == results["here"]
-    assert results["here"][:3] == (8, 8, 1)
-
-
 def test_a_full_sync_lists_the_runs_that_are_done(tmp_path):
     store = ResultStore(tmp_path)
     store.write_many([(fake_record(seed=0), None), (fake_record(seed=1, status="failed"), None), (fake_record(seed=2), None)])
