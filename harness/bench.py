@@ -396,10 +396,11 @@ def bench_store(repeats: int, n: int = STORE_RUNS) -> list[Row]:
         plugins_only = lambda: _timed_command(["list", "suites"])  # noqa: E731
         plugins_only()  # as any `harness run` does, it leaves the suite cards' memo that collect reads instead of loading plugins
         (collect_s, collect_mb), (floor_s, _) = _median_commands([collect_fresh, plugins_only], repeats)
-        grid = ["run", "suite=long_tail", "method=ce", "seeds=1", "epochs=1"]
+        # a seed no repeat used before: a run that finished before the interrupt reached it is stored, and would not train again
+        grid = lambda: ["run", "suite=long_tail", "method=ce", f"seed={10**6 + next(counter)}", "epochs=1"]  # noqa: E731
         empty = tmp / "empty"
-        in_store = lambda: _timed_command([*grid, f"results={source}"], until="training ")  # noqa: E731
-        in_empty = lambda: _timed_command([*grid, f"results={empty / str(next(counter))}"], until="training ")  # noqa: E731
+        in_store = lambda: _timed_command([*grid(), f"results={source}"], until="training ")  # noqa: E731
+        in_empty = lambda: _timed_command([*grid(), f"results={empty / str(next(counter))}"], until="training ")  # noqa: E731
         (start_s, start_mb), (empty_s, _) = _median_commands([in_store, in_empty], repeats)
         _stored_runs(source, range(n, n + 1), long_series=True)
         site = tmp / "site"
@@ -412,7 +413,7 @@ def bench_store(repeats: int, n: int = STORE_RUNS) -> list[Row]:
             "< 5 s, < 300 MB", collect_s < 5 and collect_mb < 300, collect_mb),
         Row("store", f"harness run in a folder of {n:,} runs, until training starts (reference: an empty folder)", start_s, empty_s,
             f"{start_s / empty_s:.2f}", "< 3 s", start_s < 3, start_mb),
-        Row("store", f"harness publish of {n + 1:,} runs, one with a {LONG_SERIES:,}-point series (largest page {largest / 1e3:,.0f} kB, a {largest_page} page)", publish_s, None, "-",
+        Row("store", f"harness publish of {n + 1:,} runs, one with a {LONG_SERIES:,}-point series (largest page {largest / 1e3:,.0f} kB, {'an' if largest_page[0] in 'aeiou' else 'a'} {largest_page} page)", publish_s, None, "-",
             f"pages < {MAX_PAGE_BYTES / 1e6:g} MB", largest < MAX_PAGE_BYTES, publish_mb),
     ]
 

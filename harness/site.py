@@ -80,7 +80,7 @@ PER_CLASS, CLASS_COUNTS = "per_class_accuracy", "class_counts"
 MAX_TEXT = 20_000  # characters of a run's info, error or provenance shown on its page
 SHOWN_LEADERS = 5  # entries of rank 1 drawn at first in a board's charts (with the baseline)
 MAX_RUN_LINKS = 30  # runs linked from a board's row (its entry page lists more)
-MAX_ENTRY_RUNS = 500  # runs listed on an entry page (by seed; every run keeps its own page): a page of 20,000 seeds stays small
+MAX_ENTRY_RUNS = 200  # runs listed on an entry page (by seed; every run keeps its own page): a page of 20,000 seeds stays small
 ALL_BOARDS = "leaderboards"
 
 
@@ -762,8 +762,11 @@ class Site:
             run_rows.append(Row([Cell(r["run_id"], href=run_page(r["run_id"])), num(str(r["seed"]), r["seed"]), Cell(r["status"], cls=f"status-{r['status']}"),
                                  *(num(fmt(values.get(n)), values.get(n)) for n in metric_names),
                                  num("-" if r["duration_s"] is None else f"{r['duration_s']:.1f} s", r["duration_s"])]))
-        charts = series_charts([(f"seed {seed}", [(seed, s)]) for seed, s in self._per_entry(b, [e.method])[0][1]] if self._per_entry(b, [e.method]) else [],
-                               epochs=(runs[0]["spec"].get("recipe", {}).get("epochs") if runs else None), shown=[f"seed {r['seed']}" for r in runs])
+        per_seed = self._per_entry(b, [e.method])
+        listed = {r["seed"] for r in runs[:MAX_ENTRY_RUNS]}  # the curves of the runs the page lists
+        charts = series_charts([(f"seed {seed}", [(seed, s)]) for seed, s in per_seed[0][1] if seed in listed] if per_seed else [],
+                               epochs=(runs[0]["spec"].get("recipe", {}).get("epochs") if runs else None),
+                               shown=[f"seed {r['seed']}" for r in runs[:MAX_ENTRY_RUNS]])
         self.page(entry_page(p, e.method), "entry.html", f"{e.method} on {p['suite']} · {p['variant']}",
                   [(suite_page(p["suite"]), p["suite"]), (board_page(p), f"{p['scale']} · {p['variant']}")], charts,
                   facts=facts, params=params, run_headers=["run", "seed", "status", *metric_names, "duration"], runs=run_rows, runs_note=runs_note)
