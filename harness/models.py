@@ -162,6 +162,12 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def strided_conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    """A 3x3 convolution of stride 2 (padding 1: a side of n becomes (n - 1) // 2 + 1), BatchNorm, ReLU:
+    the block of the `fast_cnn` family, which halves the map instead of max-pooling it."""
+    return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
 class FastCNN(nn.Module):
     """Two stride-2 conv-BN-ReLU layers (no max-pooling) and a linear head: ~6 k parameters.
 
@@ -172,12 +178,8 @@ class FastCNN(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 1, img_size: int = 28, width: int = 16):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
+            *strided_conv_bn_relu(in_chans, width),
+            *strided_conv_bn_relu(width, 2 * width),
             nn.AdaptiveAvgPool2d(1 if img_size < 16 else 2),
             nn.Flatten(),
         )
@@ -201,8 +203,8 @@ class FastCNN3(nn.Module):
         layers: list[nn.Module] = []
         channels, side = in_chans, img_size
         for out in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            channels, side = out, (side - 1) // 2 + 1  # a 3x3 convolution, stride 2, padding 1
+            layers += strided_conv_bn_relu(channels, out)
+            channels, side = out, (side - 1) // 2 + 1
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.classifier = nn.Linear(channels * side * side, num_classes)
 

@@ -32,7 +32,7 @@ from harness.label_noise import (  # noqa: F401 - the protocol's noise models, i
     transition_matrix,
 )
 from harness.metrics import accuracy
-from harness.models import ModelSource
+from harness.models import ModelSource, strided_conv_bn_relu
 from harness.params import Param
 from harness.predictions import Predictions
 from harness.suite import TRAINING, Metric, Recipe, RunContext, RunOutput, Suite
@@ -182,12 +182,8 @@ class FastCNNFC(nn.Module):
         side = (img_size - 1) // 2 + 1
         side = (side - 1) // 2 + 1  # two 3x3 convolutions, stride 2, padding 1
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
+            *strided_conv_bn_relu(in_chans, width),
+            *strided_conv_bn_relu(width, 2 * width),
             nn.Flatten(),
             nn.Linear(2 * width * side * side, fc_hidden),
             nn.ReLU(inplace=True),
